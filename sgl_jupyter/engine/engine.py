@@ -1,0 +1,535 @@
+"""Engine: the public face of the inference engine. One scheduler thread owns the device; any
+number of caller threads (notebook cells, HTTP handlers, widgets) submit requests and wait on
+their own queues."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
+
+import torch
+
+from .attention import choose_backend_name, create_attention_backend
+from .config import EngineArgs
+from .detokenizer import IncrementalDetokenizer
+from .errors import EngineDeadError, EngineError, EngineOverloadedError, InvalidRequestError
+from .events import EventBus
+from .kv_pool import KVPool, ReqToTokenPool, kv_bytes_per_token
+from .loader import LoadedModel, load_model
+from .model_runner import ModelRunner
+from .output import OutputBuilder
+from .prefix_cache import make_prefix_cache
+from .request import Req
+from .sampling import SamplingParams
+from .scheduler import Scheduler, SchedulerLimits
+
+logger = logging.getLogger(__name__)
+
+Prompt = Union[str, list[str], None]
+InputIds = Union[list[int], list[list[int]], None]
+
+_POLL_S = 0.05  # caller-side wait granularity: lets Ctrl-C reach a notebook cell promptly
+
+
+class Engine:
+    """In-process LLM engine.
+
+    >>> eng = Engine()                                   # the embedded SmolLM2 model on CPU
+    >>> eng.generate("The capital of France is", {"max_new_tokens": 8, "temperature": 0})["text"]
+    """
+
+    def __init__(self, model_path: Optional[str] = None, **kwargs: Any):
+        self.args = EngineArgs.from_kwargs(model_path=model_path, **kwargs)
+        _configure_logging(self.args.log_level)
+        if self.args.model_path is None:
+            from .default_model import default_model_path
+
+            self.args.model_path = default_model_path()
+        t0 = time.perf_counter()
+        self.loaded: LoadedModel = load_model(
+            self.args.model_path, load_format=self.args.load_format, dtype=self.args.dtype, device=self.args.device,
+            tokenizer_path=self.args.tokenizer_path, trust_remote_code=self.args.trust_remote_code,
+            seed=self.args.random_seed)
+        self.tokenizer = self.loaded.tokenizer
+        self.hf_config = self.loaded.hf_config
+        self.device = self.loaded.device
+        self.vocab_size = int(self.hf_config.vocab_size)
+        self.eos_ids = _eos_ids(self.hf_config, self.tokenizer)
+        self._build_memory()
+        self.attention_backend = choose_backend_name(self.args.attention_backend, self.device,
+                                                     self.args.disable_flashinfer)
+        attn = create_attention_backend(self.attention_backend, num_q_heads=self._attn_dims[0],
+                                        num_kv_heads=self._attn_dims[1], head_dim=self._attn_dims[2],
+                                        device=self.device, kv_pool=self.kv_pool, req_to_token=self.req_pool,
+                                        max_bs=self.max_running)
+        self.runner = ModelRunner(self.loaded, self.kv_pool, self.req_pool, attn)
+        self.bus = EventBus()
+        self.detokenizer = IncrementalDetokenizer(self.tokenizer)
+        self.cache = make_prefix_cache(self.args.disable_radix_cache, self.kv_pool.free,
+                                       decode=lambda ids: self.tokenizer.decode(ids))
+        generator = torch.Generator(device=self.device).manual_seed(self.args.random_seed)
+        self.scheduler = Scheduler(self.runner, self.kv_pool, self.req_pool, self.cache, self.detokenizer,
+                                   self.eos_ids, SchedulerLimits(
+                                       max_running=self.max_running, max_context=self.max_context,
+                                       chunked_prefill_size=self.args.chunked_prefill_size,
+                                       max_prefill_tokens=self.args.max_prefill_tokens,
+                                       schedule_policy=self.args.schedule_policy),
+                                   self.bus, OutputBuilder(self.tokenizer), generator)
+        self._grammar_backend = None
+        self._grammar_lock = threading.Lock()
+        self._inbox: queue.Queue = queue.Queue()
+        self._ids = itertools.count()
+        self._closed = False
+        self._error: Optional[BaseException] = None
+        self.load_time_s = time.perf_counter() - t0
+        self._thread = threading.Thread(target=self._loop, name="sgl-jupyter-scheduler", daemon=True)
+        self._thread.start()
+        logger.info("engine ready: %s on %s (%s), KV capacity %d tokens, attention=%s, load %.1fs",
+                    self.args.model_path, self.device, self.loaded.dtype, self.kv_pool.size,
+                    self.attention_backend, self.load_time_s)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _build_memory(self) -> None:
+        cfg = self.hf_config
+        heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        self._attn_dims = (heads, kv_heads, head_dim)
+        kv_dtype = self.loaded.dtype
+        per_token = kv_bytes_per_token(cfg.num_hidden_layers, kv_heads, head_dim, kv_dtype)
+        a = self.args
+        if a.max_total_tokens is not None:
+            size = a.max_total_tokens
+        elif self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            frac = a.mem_fraction_static or 0.85
+            budget = free - total * (1 - frac)
+            if budget < per_token * 256:
+                from .errors import KVCacheOOMError
+
+                raise KVCacheOOMError(
+                    f"not enough GPU memory left for the KV cache after loading the weights "
+                    f"({free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB): raise --mem-fraction-static "
+                    f"(now {frac}), lower --max-total-tokens, or use a smaller model / --tp-size > 1")
+            size = int(budget // per_token)
+        else:
+            size = int(a.cpu_kv_budget_gb * (a.mem_fraction_static or 1.0) * 2**30 // per_token)
+        ctx = a.context_length or getattr(cfg, "max_position_embeddings", 4096)
+        self.max_context = int(min(ctx, size))
+        default_running = 256 if self.device.type == "cuda" else 128
+        self.max_running = int(a.max_running_requests or min(default_running, max(size // 16, 1)))
+        self.kv_pool = KVPool(size, cfg.num_hidden_layers, kv_heads, head_dim, kv_dtype, self.device)
+        self.req_pool = ReqToTokenPool(self.max_running + 8, self.max_context + 1, self.device)
+
+    # ------------------------------------------------------------------ scheduler thread
+    def _loop(self) -> None:
+        sched = self.scheduler
+        while not self._closed:
+            try:
+                self._drain_inbox(block=not sched.has_work)
+                if sched.has_work:
+                    sched.step()
+            except Exception as e:  # noqa: BLE001 - the engine must survive; fail the requests in flight
+                logger.exception("engine step failed; aborting the requests in flight and resetting the KV cache")
+                self._recover(e)
+        sched.abort_all("the engine was shut down")
+
+    def _recover(self, error: Exception) -> None:
+        sched = self.scheduler
+        reqs = list(sched.waiting) + list(sched.running) + ([sched.chunked] if sched.chunked else [])
+        sched.waiting.clear()
+        sched.running.clear()
+        sched.chunked = None
+        for req in reqs:
+            req.finish_reason = {"type": "abort", "message": f"internal engine error: {error!r}"}
+            try:
+                req.sink({"error": f"internal engine error: {error!r}", "finished": True})
+            except Exception:  # noqa: BLE001
+                pass
+        self.cache.reset()
+        self.kv_pool.reset()
+        self.req_pool.__init__(self.req_pool.max_reqs, self.req_pool.max_context, self.device)
+
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            msg = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(msg)
+            try:
+                msg = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "add":
+            for req in msg[1]:
+                self.scheduler.add(req)
+        elif kind == "abort":
+            rid = msg[1]
+            for req in self._find(rid):
+                self.scheduler.abort(req.rid)
+        elif kind == "call":
+            fn, fut = msg[1], msg[2]
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # noqa: BLE001
+                fut.set_exception(e)
+        elif kind == "stop":
+            self._closed = True
+
+    def _find(self, rid: str) -> list[Req]:
+        s = self.scheduler
+        reqs = list(s.waiting) + list(s.running) + ([s.chunked] if s.chunked else [])
+        return [r for r in reqs if r.rid == rid or r.rid.startswith(rid + "#")]
+
+    def _call(self, fn: Callable[[], Any], timeout: Optional[float] = None) -> Any:
+        """Run ``fn`` on the scheduler thread between two steps and return its result."""
+        self._check_alive()
+        fut: Future = Future()
+        self._inbox.put(("call", fn, fut))
+        return fut.result(timeout)
+
+    def _check_alive(self) -> None:
+        if self._closed or not self._thread.is_alive():
+            raise EngineDeadError("the engine has been shut down; create a new Engine (or %sgl_load again)")
+
+    # ------------------------------------------------------------------ request construction
+    def _normalize(self, prompt: Prompt, input_ids: InputIds, sampling_params) -> tuple[list[list[int]], list[SamplingParams], bool]:
+        if (prompt is None) == (input_ids is None):
+            raise InvalidRequestError("pass exactly one of prompt (text) and input_ids")
+        if prompt is not None:
+            single = isinstance(prompt, str)
+            texts = [prompt] if single else prompt
+            if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+                raise InvalidRequestError("prompt must be a non-empty string or a non-empty list of strings")
+            ids_list = [self.tokenizer.encode(t, add_special_tokens=False) if t else [] for t in texts]
+        else:
+            if not isinstance(input_ids, (list, tuple)) or not input_ids:
+                raise InvalidRequestError("input_ids must be a non-empty list of token ids or a list of such lists")
+            single = not isinstance(input_ids[0], (list, tuple))
+            ids_list = [list(input_ids)] if single else [list(x) for x in input_ids]
+        if isinstance(sampling_params, (list, tuple)):
+            if len(sampling_params) != len(ids_list):
+                raise InvalidRequestError(f"got {len(sampling_params)} sampling_params for {len(ids_list)} prompts")
+            params = [SamplingParams.from_dict(p) for p in sampling_params]
+        else:
+            p = SamplingParams.from_dict(sampling_params)
+            params = [p] * len(ids_list)
+        for i, ids in enumerate(ids_list):
+            if not ids:
+                raise InvalidRequestError("the prompt is empty: give at least one token of text")
+            if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.vocab_size for t in ids):
+                raise InvalidRequestError(f"input_ids must be integers in [0, {self.vocab_size})")
+            if len(ids) >= self.max_context:
+                raise InvalidRequestError(
+                    f"the prompt has {len(ids)} tokens but the context length is {self.max_context}: "
+                    "shorten the prompt (or raise --context-length / --max-total-tokens)")
+        return ids_list, params, single
+
+    def _grammar(self, params: SamplingParams):
+        spec = params.grammar_spec
+        if spec is None:
+            return None, None
+        with self._grammar_lock:
+            if self._grammar_backend is None:
+                try:
+                    from .constrained import GrammarBackend
+                except ImportError as e:
+                    raise InvalidRequestError(f"constrained decoding is unavailable: {e}") from e
+                self._grammar_backend = GrammarBackend(self.tokenizer, self.vocab_size, eos_ids=sorted(self.eos_ids)) \
+                    if _accepts_eos_ids(GrammarBackend) else GrammarBackend(self.tokenizer, self.vocab_size)
+        backend = self._grammar_backend
+        return backend, backend.compile(*spec)
+
+    def _make_reqs(self, ids_list, params, rid, stream, sink_factory, return_logprob, logprob_start_len,
+                   top_logprobs_num, return_text_in_logprobs) -> list[Req]:
+        def per(x, i):
+            return x[i] if isinstance(x, (list, tuple)) else x
+
+        reqs = []
+        base = rid if isinstance(rid, str) else None
+        compiled_cache: dict[int, tuple] = {}
+        for i, (ids, p) in enumerate(zip(ids_list, params)):
+            if id(p) not in compiled_cache:
+                compiled_cache[id(p)] = self._grammar(p)  # compiles here, off the engine thread
+            backend, compiled = compiled_cache[id(p)]
+            for j in range(p.n):
+                if isinstance(rid, (list, tuple)):
+                    r = str(rid[i])
+                else:
+                    r = base or uuid.uuid4().hex
+                    if len(ids_list) > 1:
+                        r = f"{r}#{i}"
+                if p.n > 1:
+                    r = f"{r}#{j}"
+                gen = None
+                if p.seed is not None:
+                    gen = torch.Generator(device=self.device).manual_seed(p.seed + j)
+                req = Req(rid=r, prompt_ids=ids, params=p, sink=sink_factory(),
+                          detok=self.detokenizer.new_state(ids, p.stop, p.skip_special_tokens,
+                                                           p.spaces_between_special_tokens, p.no_stop_trim),
+                          stream=stream, return_logprob=bool(per(return_logprob, i)),
+                          logprob_start_len=int(per(logprob_start_len, i)),
+                          top_logprobs_num=int(per(top_logprobs_num, i) or 0),
+                          return_text_in_logprobs=return_text_in_logprobs,
+                          grammar=backend.new_matcher(compiled) if compiled is not None else None,
+                          generator=gen)
+                if req.logprob_start_len >= len(ids):
+                    raise InvalidRequestError(
+                        f"logprob_start_len ({req.logprob_start_len}) must be < the prompt length ({len(ids)})")
+                if req.top_logprobs_num < 0 or req.top_logprobs_num > 100:
+                    raise InvalidRequestError("top_logprobs_num must be in [0, 100]")
+                reqs.append(req)
+        return reqs
+
+    def _submit(self, reqs: list[Req]) -> None:
+        self._check_alive()
+        limit = self.args.max_queued_requests
+        if limit is not None and self.scheduler.num_queued + self._inbox.qsize() + len(reqs) > limit:
+            raise EngineOverloadedError(
+                f"the engine's queue is full ({limit} waiting requests): retry later or raise --max-queued-requests")
+        self._inbox.put(("add", reqs))
+
+    # ------------------------------------------------------------------ public API
+    def generate(self, prompt: Prompt = None, sampling_params: Union[dict, list, None] = None,
+                 input_ids: InputIds = None, *, return_logprob: Union[bool, list] = False,
+                 logprob_start_len: Union[int, list] = -1, top_logprobs_num: Union[int, list] = 0,
+                 return_text_in_logprobs: bool = False, stream: bool = False, rid: Optional[str] = None):
+        """Generate for one prompt (-> dict), a list (-> list of dicts, in order; n>1 expands each), or
+        stream one prompt (-> iterator of chunks with ``text`` so far and ``delta``)."""
+        ids_list, params, single = self._normalize(prompt, input_ids, sampling_params)
+        if stream and (not single or params[0].n != 1):
+            raise InvalidRequestError("stream=True takes one prompt with n=1")
+        queues: list[queue.Queue] = []
+
+        def sink_factory():
+            q: queue.Queue = queue.Queue()
+            queues.append(q)
+            return q.put
+
+        reqs = self._make_reqs(ids_list, params, rid, stream, sink_factory, return_logprob, logprob_start_len,
+                               top_logprobs_num, return_text_in_logprobs)
+        if stream:
+            self._submit(reqs)
+            return self._stream(reqs[0], queues[0])
+        self._submit(reqs)
+        results = []
+        try:
+            for q in queues:
+                results.append(self._wait_final(q))
+        except BaseException:
+            for r in reqs:
+                self.abort(r.rid)
+            raise
+        return results[0] if single and len(results) == 1 else results
+
+    def _get(self, q: queue.Queue) -> dict:
+        while True:
+            try:
+                chunk = q.get(timeout=_POLL_S)
+            except queue.Empty:
+                if not self._thread.is_alive():
+                    raise EngineDeadError("the engine's scheduler thread has stopped")
+                continue
+            if "error" in chunk:
+                raise EngineError(chunk["error"])
+            return chunk
+
+    def _wait_final(self, q: queue.Queue) -> dict:
+        while True:
+            chunk = self._get(q)
+            if chunk["finished"]:
+                return _final(chunk)
+
+    def _stream(self, req: Req, q: queue.Queue) -> Iterator[dict]:
+        try:
+            while True:
+                chunk = self._get(q)
+                yield chunk
+                if chunk["finished"]:
+                    return
+        finally:
+            if not req.finished:
+                self.abort(req.rid)
+
+    async def async_generate(self, prompt: Prompt = None, sampling_params: Union[dict, list, None] = None,
+                             input_ids: InputIds = None, *, return_logprob: Union[bool, list] = False,
+                             logprob_start_len: Union[int, list] = -1, top_logprobs_num: Union[int, list] = 0,
+                             return_text_in_logprobs: bool = False, stream: bool = False,
+                             rid: Optional[str] = None):
+        """Like ``generate`` for asyncio callers; with ``stream=True`` returns an async iterator."""
+        loop = asyncio.get_running_loop()
+        ids_list, params, single = await loop.run_in_executor(None, self._normalize, prompt, input_ids,
+                                                              sampling_params)
+        if stream and (not single or params[0].n != 1):
+            raise InvalidRequestError("stream=True takes one prompt with n=1")
+        aqs: list[asyncio.Queue] = []
+
+        def sink_factory():
+            aq: asyncio.Queue = asyncio.Queue()
+            aqs.append(aq)
+            return lambda chunk: loop.call_soon_threadsafe(aq.put_nowait, chunk)
+
+        reqs = await loop.run_in_executor(None, self._make_reqs, ids_list, params, rid, stream, sink_factory,
+                                          return_logprob, logprob_start_len, top_logprobs_num,
+                                          return_text_in_logprobs)
+        self._submit(reqs)
+        if stream:
+            return self._astream(reqs[0], aqs[0])
+        try:
+            results = [await self._await_final(aq) for aq in aqs]
+        except BaseException:
+            for r in reqs:
+                self.abort(r.rid)
+            raise
+        return results[0] if single and len(results) == 1 else results
+
+    async def _aget(self, aq: asyncio.Queue) -> dict:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(aq.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if not self._thread.is_alive():
+                    raise EngineDeadError("the engine's scheduler thread has stopped")
+                continue
+            if "error" in chunk:
+                raise EngineError(chunk["error"])
+            return chunk
+
+    async def _await_final(self, aq: asyncio.Queue) -> dict:
+        while True:
+            chunk = await self._aget(aq)
+            if chunk["finished"]:
+                return _final(chunk)
+
+    async def _astream(self, req: Req, aq: asyncio.Queue) -> AsyncIterator[dict]:
+        try:
+            while True:
+                chunk = await self._aget(aq)
+                yield chunk
+                if chunk["finished"]:
+                    return
+        finally:
+            if not req.finished:
+                self.abort(req.rid)
+
+    def abort(self, rid: str) -> None:
+        """Abort a request (and, for n>1 or batches, all its parts) wherever it is."""
+        if not self._closed:
+            self._inbox.put(("abort", rid))
+
+    def flush_cache(self) -> bool:
+        """Drop the whole prefix cache; refused (False) while requests are in flight."""
+        def flush() -> bool:
+            if self.scheduler.has_work:
+                return False
+            self.cache.reset()
+            self.kv_pool.reset()
+            return True
+
+        return self._call(flush)
+
+    def cache_snapshot(self, max_nodes: int = 500) -> dict:
+        """The radix tree as plain data (see docs/architecture.md), read between two steps."""
+        return self._call(lambda: self.cache.snapshot(max_nodes))
+
+    def subscribe(self, callback: Callable[[Any], None]) -> Callable[[], None]:
+        """Observe engine events; returns the function that unsubscribes. Runs on the scheduler thread."""
+        return self.bus.subscribe(callback)
+
+    def get_server_info(self) -> dict:
+        s, pool, cache = self.scheduler, self.kv_pool, self.cache
+        evictable, protected = cache.evictable_size, cache.protected_size
+        return {
+            "model_path": self.args.model_path,
+            "served_model_name": self.args.served_model_name or self.args.model_path,
+            "args": self.args.to_dict(),
+            "device": str(self.device),
+            "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "num_params": self.loaded.num_params,
+            "attention_backend": self.attention_backend,
+            "max_total_num_tokens": pool.size,
+            "max_context_length": self.max_context,
+            "max_running_requests": self.max_running,
+            "kv": {"total": pool.size, "free": pool.free_size, "evictable": evictable, "protected": protected,
+                   "used": pool.size - pool.free_size - evictable},
+            "num_running_reqs": s.num_running,
+            "num_queue_reqs": s.num_queued,
+            "cache": cache.stats(),
+            "cache_hit_rate": cache.hit_rate,
+            "radix_cache": not self.args.disable_radix_cache,
+            "token_throughput": s.tokens_per_s(),
+            "num_finished_reqs": s.num_finished,
+            "num_retracted_reqs": s.num_retracted,
+            "prompt_tokens_total": s.prompt_tokens_total,
+            "generation_tokens_total": s.generation_tokens_total,
+            "cached_tokens_total": s.cached_tokens_total,
+            "extend_tokens_total": s.extend_tokens_total,
+            "forward_calls": self.runner.forward_calls,
+            "constrained_decoding": _constrained_available(),
+            "load_time_s": self.load_time_s,
+            "version": __import__("sgl_jupyter").__version__,
+        }
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._inbox.put(("stop",))
+        self._thread.join(timeout=30)
+        self._closed = True
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"Engine(model_path={self.args.model_path!r}, device={self.device}, kv_tokens={self.kv_pool.size})"
+
+
+def _final(chunk: dict) -> dict:
+    return {"text": chunk["text"], "output_ids": chunk["output_ids"], "meta_info": chunk["meta_info"]}
+
+
+def _eos_ids(cfg, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    eos = getattr(cfg, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, (list, tuple)):
+        ids.update(int(x) for x in eos)
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def _constrained_available() -> bool:
+    try:
+        from . import constrained  # noqa: F401
+
+        return hasattr(constrained, "GrammarBackend")
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _accepts_eos_ids(cls) -> bool:
+    import inspect
+
+    try:
+        return "eos_ids" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _configure_logging(level: str) -> None:
+    logging.getLogger("sgl_jupyter").setLevel(level.upper())

@@ -1,0 +1,65 @@
+"""Session-wide fixtures: one engine and one HF oracle per test session, on CPU."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `make gpu-test` on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    from sgl_jupyter import default_model_path
+
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def engine(model_path):
+    """The shared engine: the embedded model on CPU, radix cache on."""
+    from sgl_jupyter import Engine
+
+    eng = Engine(model_path, device="cpu", max_total_tokens=32768)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="session")
+def hf_model(model_path):
+    """HF transformers on the same weights: the correctness oracle."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(engine):
+    return engine.tokenizer
+
+
+def assert_no_leak(engine) -> None:
+    """Every KV slot is free or held (unreferenced) by the prefix cache; no request row is taken."""
+    import time
+
+    for _ in range(100):
+        info = engine.get_server_info()
+        if info["num_running_reqs"] == 0 and info["num_queue_reqs"] == 0:
+            break
+        time.sleep(0.05)
+    kv = info["kv"]
+    assert kv["protected"] == 0, kv
+    assert kv["free"] + kv["evictable"] == kv["total"], kv
+    assert engine.req_pool.free_rows == engine.req_pool.max_reqs
