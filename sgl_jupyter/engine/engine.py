@@ -84,6 +84,7 @@ class Engine:
         self._grammar_backend = None
         self._grammar_lock = threading.Lock()
         self._inbox: queue.Queue = queue.Queue()
+        self._live: dict[str, Req] = {}
         self._ids = itertools.count()
         self._closed = False
         self._error: Optional[BaseException] = None
@@ -140,9 +141,22 @@ class Engine:
                 self._recover(e)
         sched.abort_all("the engine was shut down")
 
+    def _track(self, req: Req) -> None:
+        """Remember a request until its final chunk, so a failed step can answer every caller."""
+        self._live[req.rid] = req
+        sink = req.sink
+
+        def tracked(chunk: dict) -> None:
+            if chunk.get("finished"):
+                self._live.pop(req.rid, None)
+            sink(chunk)
+
+        req.sink = tracked
+
     def _recover(self, error: Exception) -> None:
         sched = self.scheduler
-        reqs = list(sched.waiting) + list(sched.running) + ([sched.chunked] if sched.chunked else [])
+        reqs = list(self._live.values())
+        self._live.clear()
         sched.waiting.clear()
         sched.running.clear()
         sched.chunked = None
@@ -172,6 +186,7 @@ class Engine:
         kind = msg[0]
         if kind == "add":
             for req in msg[1]:
+                self._track(req)
                 self.scheduler.add(req)
         elif kind == "abort":
             rid = msg[1]

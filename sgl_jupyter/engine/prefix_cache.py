@@ -31,6 +31,8 @@ class PrefixCache(ABC):
     caller frees those.
     """
 
+    reuses_prefixes = True  # False: matches are always empty and inserted slots are never kept
+
     def __init__(self, free_slots: Callable[[torch.Tensor], None]):
         self.free_slots = free_slots
         self.hit_tokens = 0
@@ -83,6 +85,8 @@ class PrefixCache(ABC):
 
 class NoPrefixCache(PrefixCache):
     """Caches nothing: every request computes its whole prompt (radix cache disabled)."""
+
+    reuses_prefixes = False
 
     def match_prefix(self, key: list[int]) -> PrefixMatch:
         return PrefixMatch(EMPTY_SLOTS, None)

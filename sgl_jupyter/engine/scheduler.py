@@ -15,6 +15,7 @@ import torch
 from .detokenizer import IncrementalDetokenizer
 from .events import EventBus, FinishEvent, StepEvent, TokenEvent
 from .forward_batch import ForwardBatch, ForwardMode
+from .jump_forward import plan_jump_forward
 from .kv_pool import KVPool, ReqToTokenPool
 from .model_runner import ModelRunner
 from .output import OutputBuilder
@@ -60,6 +61,9 @@ class Scheduler:
         self.cached_tokens_total = 0
         self.forward_tokens_total = 0
         self.extend_tokens_total = 0
+        # grammar jump-forward (jump_forward.py): forced text appended without a decode step per token
+        self.enable_jump_forward = True
+        self.jump_forward_tokens_total = 0
         self._recent: deque[tuple[float, int]] = deque(maxlen=256)
         self.last_batch: dict = {}
         self._last_num_tokens = 0
@@ -169,19 +173,16 @@ class Scheduler:
     def _cache_unfinished(self, req: Req) -> None:
         """After a prefill completes: share its KV through the cache right away, so requests that
         arrive while it decodes can reuse the prompt."""
+        if not self.cache.reuses_prefixes:
+            return
         kv = req.kv_len
         slots = self.req_pool.read(req.row, kv)
         key = req.fill_ids[:kv]
         existing = self.cache.insert(key, slots)
-        if existing == len(key) and existing <= req.cache_protected_len:
-            return  # nothing new (or the cache keeps nothing)
         if existing > req.cache_protected_len:
             self.kv_pool.free(slots[req.cache_protected_len:existing])
         match = self.cache.match_prefix(key)
-        if match.length != kv:  # the no-reuse cache: keep our own slots
-            if existing > req.cache_protected_len:  # cannot happen for a consistent cache
-                raise AssertionError("prefix cache lost tokens it just accepted")
-            return
+        assert match.length == kv, "the prefix cache lost tokens it just accepted"
         self.req_pool.write(req.row, 0, match.slots)
         self.cache.lock(match.node)
         if req.cache_node is not None:
@@ -342,16 +343,20 @@ class Scheduler:
                     req.input_top_logprobs.append([[v, t, None] for v, t in zip(vs, ids)])
 
     # ------------------------------------------------------------------ decode
+    def _decode_need(self) -> int:
+        """KV slots the next decode step writes: one per request, more for those that jumped forward."""
+        return sum(r.fill_len - r.kv_len for r in self.running)
+
     def _schedule_decode(self) -> list[Req]:
         if not self.running:
             return []
-        need = len(self.running)
+        need = self._decode_need()
         if self.kv_pool.free_size < need:
             self.cache.evict(need - self.kv_pool.free_size)
-        while self.kv_pool.free_size < len(self.running) and len(self.running) > 1:
+        while self.kv_pool.free_size < self._decode_need() and len(self.running) > 1:
             self._retract_one()
-            self.cache.evict(len(self.running) - self.kv_pool.free_size)
-        if self.kv_pool.free_size < len(self.running):
+            self.cache.evict(self._decode_need() - self.kv_pool.free_size)
+        if self.kv_pool.free_size < self._decode_need():
             req = self.running.pop()
             self._finish(req, {"type": "abort", "message": "the KV cache is too small for this request: raise "
                                                            "--max-total-tokens or --mem-fraction-static"})
@@ -368,6 +373,8 @@ class Scheduler:
         logger.info("retracted request %s (KV pool full); it will resume from the prefix cache", victim.rid)
 
     def _run_decode(self, batch: list[Req]) -> None:
+        if any(req.fill_len - req.kv_len > 1 for req in batch):
+            return self._run_decode_with_jumps(batch)
         slots = self.kv_pool.alloc(len(batch))
         assert slots is not None
         input_ids, positions, rows, prefix_lens = [], [], [], []
@@ -384,6 +391,33 @@ class Scheduler:
         self.forward_tokens_total += len(batch)
         for req in batch:
             req.kv_len += 1
+        self._sample_and_process(batch, logits)
+
+    def _run_decode_with_jumps(self, batch: list[Req]) -> None:
+        """A decode step where some requests carry several new tokens (text a grammar forced, see
+        jump_forward.py): one extend-mode forward over every request's pending tokens, logits at each
+        request's last token, so a jump costs no extra step."""
+        new_lens = [req.fill_len - req.kv_len for req in batch]
+        slots = self.kv_pool.alloc(sum(new_lens))
+        assert slots is not None
+        input_ids, positions, rows, prefix_lens, logits_rows = [], [], [], [], []
+        offset = 0
+        for req, n in zip(batch, new_lens):
+            start = req.kv_len
+            input_ids.extend(req.fill_ids[start:])
+            positions.extend(range(start, start + n))
+            rows.append(req.row)
+            prefix_lens.append(start)
+            self.req_pool.write(req.row, start, slots[offset:offset + n])
+            offset += n
+            logits_rows.append(offset - 1)
+        fb = ForwardBatch.build(ForwardMode.EXTEND, input_ids, positions, slots, rows, prefix_lens, new_lens,
+                                self.req_pool.table, logits_rows, self.device)
+        logits = self.runner.forward(fb)
+        self._last_num_tokens = offset
+        self.forward_tokens_total += offset
+        for req, n in zip(batch, new_lens):
+            req.kv_len += n
         self._sample_and_process(batch, logits)
 
     # ------------------------------------------------------------------ sampling and outputs
@@ -433,9 +467,14 @@ class Scheduler:
 
     def _process_token(self, req: Req, tok: int, lp: Optional[float]) -> None:
         reason = None
-        if req.grammar is not None and not req.grammar.accept_token(tok):
-            reason = {"type": "abort", "message": f"token {tok} violates the request's grammar"}
-        self.detok.append(req.detok, [tok])
+        new_ids = [tok]
+        if req.grammar is not None:
+            if not req.grammar.accept_token(tok):
+                reason = {"type": "abort", "message": f"token {tok} violates the request's grammar"}
+            elif self.enable_jump_forward and not req.return_logprob:
+                new_ids = self._grammar_jump_forward(req)
+                tok = new_ids[-1]
+        self.detok.append(req.detok, new_ids)
         p = req.params
         if reason is not None:
             pass
@@ -448,14 +487,14 @@ class Scheduler:
             reason = {"type": "stop", "matched": None}
         elif len(req.output_ids) >= p.max_new_tokens:
             reason = {"type": "length", "length": p.max_new_tokens}
-        elif req.kv_len + 1 >= self.limits.max_context:
+        elif req.fill_len >= self.limits.max_context:
             reason = {"type": "length", "length": len(req.output_ids), "message": "reached the context length"}
         elif req.abort_requested:
             reason = {"type": "abort", "message": "aborted by the client"}
         if reason is None:
             delta = self.detok.take_delta(req.detok)
             if self.bus.active:
-                self.bus.emit(TokenEvent(req.rid, [tok], delta, None if lp is None else [lp],
+                self.bus.emit(TokenEvent(req.rid, new_ids, delta, None if lp is None else [lp],
                                          len(req.output_ids)))
             if req.stream and delta:
                 req.sink(self.output.chunk(req, delta, finished=False))
@@ -463,6 +502,31 @@ class Scheduler:
         if req in self.running:
             self.running.remove(req)
         self._finish(req, reason)
+
+    def _grammar_jump_forward(self, req: Req) -> list[int]:
+        """After the grammar accepted the sampled token: append the text it forces next (re-tokenising
+        the sampled token with it) and, when the grammar then allows nothing but EOS, the EOS itself.
+        Both are what sampling under the mask would produce with probability 1 (up to tokenisation, see
+        jump_forward.py), without a model step a token. Returns the tokens this step added."""
+        p = req.params
+        budget = min(p.max_new_tokens - len(req.output_ids), self.limits.max_context - req.fill_len)
+        jf = plan_jump_forward(req.grammar, self.detok.tokenizer, req.output_ids, fresh_tokens=1,
+                               max_new_tokens=budget) if budget > 0 else None
+        added = 1
+        if jf is not None:
+            del req.output_ids[len(req.output_ids) - jf.rollback:]
+            req.output_ids.extend(jf.token_ids)
+            added += len(jf.token_ids) - jf.rollback
+        if (len(req.output_ids) < p.max_new_tokens and not p.ignore_eos
+                and len(req.output_ids) + 1 >= p.min_new_tokens
+                and req.fill_len < self.limits.max_context):
+            eos = req.grammar.forced_stop_token()
+            if eos is not None and eos in self.eos_ids and req.grammar.accept_token(eos):
+                req.output_ids.append(eos)
+                added += 1
+        self.jump_forward_tokens_total += added - 1
+        self.generation_tokens_total += added - 1
+        return req.output_ids[-added:]
 
     def _finish(self, req: Req, reason: dict, free: bool = True) -> None:
         req.finish_reason = reason

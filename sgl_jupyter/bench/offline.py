@@ -1,0 +1,79 @@
+"""Offline throughput: the same mixed-length requests through the engine (continuous batching) and
+HF transformers (padded ``generate``, plus ``generate_batch`` when asked), and bs=1 decode speed."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import pandas as pd
+
+from .workload import mixed_requests
+
+
+@dataclass
+class OfflineConfig:
+    model_path: Optional[str] = None
+    num_requests: int = 64
+    min_out: int = 16
+    max_out: int = 64
+    hf_batch_size: int = 64
+    device: str = "auto"
+    dtype: str = "auto"
+    load_format: str = "auto"
+    bs1_tokens: int = 64
+    hf_generate_batch: bool = False
+    engine_kwargs: Optional[dict] = None
+
+
+def run(cfg: OfflineConfig, progress: bool = True) -> pd.DataFrame:
+    from tqdm.auto import tqdm
+
+    from sgl_jupyter import Engine
+
+    from .hf_peers import hf_generate_batch, hf_padded_generate, load_hf
+
+    reqs = mixed_requests(cfg.num_requests, min_out=cfg.min_out, max_out=cfg.max_out)
+    prompts = [r.prompt for r in reqs]
+    lens = [r.max_new_tokens for r in reqs]
+    engine = Engine(cfg.model_path, device=cfg.device, dtype=cfg.dtype, load_format=cfg.load_format,
+                    **(cfg.engine_kwargs or {}))
+    rows = []
+    try:
+        engine.generate(prompts[:2], {"max_new_tokens": 4, "ignore_eos": True})  # warm-up
+        engine.flush_cache()
+        params = [{"max_new_tokens": n, "temperature": 0, "ignore_eos": True} for n in lens]
+        t0 = time.perf_counter()
+        outs = engine.generate(prompts, params)
+        dt = time.perf_counter() - t0
+        tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
+        rows.append({"bench": "offline", "system": "sgl_jupyter engine", "requests": len(prompts),
+                     "tokens": tokens, "seconds": dt, "tok_per_s": tokens / dt})
+        one = prompts[0]
+        engine.flush_cache()
+        t0 = time.perf_counter()
+        o = engine.generate(one, {"max_new_tokens": cfg.bs1_tokens, "temperature": 0, "ignore_eos": True})
+        dt = time.perf_counter() - t0
+        rows.append({"bench": "bs=1", "system": "sgl_jupyter engine", "requests": 1,
+                     "tokens": o["meta_info"]["completion_tokens"], "seconds": dt,
+                     "tok_per_s": o["meta_info"]["completion_tokens"] / dt})
+        model_path, dtype, device = engine.args.model_path, engine.loaded.dtype, str(engine.device)
+        tokenizer = engine.tokenizer
+    finally:
+        engine.shutdown()
+    hf = load_hf(model_path, device, dtype, cfg.load_format)
+    bar = tqdm(total=len(prompts), desc="HF generate (padded)", disable=not progress)
+    r = hf_padded_generate(hf, tokenizer, prompts, lens, cfg.hf_batch_size, progress=bar)
+    bar.close()
+    rows.append({"bench": "offline", "system": f"HF generate (padded, bs={cfg.hf_batch_size})",
+                 "requests": len(prompts), **r})
+    if cfg.hf_generate_batch:
+        r = hf_generate_batch(hf, tokenizer, prompts, lens)
+        if r is not None:
+            rows.append({"bench": "offline", "system": "HF generate_batch", "requests": len(prompts), **r})
+    r = hf_padded_generate(hf, tokenizer, [one], [cfg.bs1_tokens], 1)
+    rows.append({"bench": "bs=1", "system": "HF generate", "requests": 1, **r})
+    df = pd.DataFrame(rows)
+    ours = df[df.system == "sgl_jupyter engine"].set_index("bench")["tok_per_s"]
+    df["engine_speedup"] = [ours[b] / t for b, t in zip(df.bench, df.tok_per_s)]
+    return df
