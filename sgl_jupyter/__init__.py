@@ -9,6 +9,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from .lang import *  # noqa: E402,F401,F403  the SGLang DSL (imports no torch)
+
 _LAZY = {
     "Engine": "sgl_jupyter.engine.engine",
     "EngineArgs": "sgl_jupyter.engine.config",

@@ -4,6 +4,8 @@ their own queues."""
 from __future__ import annotations
 
 import asyncio
+import atexit
+import weakref
 import itertools
 import logging
 import queue
@@ -91,6 +93,7 @@ class Engine:
         self.load_time_s = time.perf_counter() - t0
         self._thread = threading.Thread(target=self._loop, name="sgl-jupyter-scheduler", daemon=True)
         self._thread.start()
+        _LIVE_ENGINES.add(self)
         logger.info("engine ready: %s on %s (%s), KV capacity %d tokens, attention=%s, load %.1fs",
                     self.args.model_path, self.device, self.loaded.dtype, self.kv_pool.size,
                     self.attention_backend, self.load_time_s)
@@ -135,7 +138,8 @@ class Engine:
             try:
                 self._drain_inbox(block=not sched.has_work)
                 if sched.has_work:
-                    sched.step()
+                    with torch.inference_mode():
+                        sched.step()
             except Exception as e:  # noqa: BLE001 - the engine must survive; fail the requests in flight
                 logger.exception("engine step failed; aborting the requests in flight and resetting the KV cache")
                 self._recover(e)
@@ -510,6 +514,19 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"Engine(model_path={self.args.model_path!r}, device={self.device}, kv_tokens={self.kv_pool.size})"
+
+
+_LIVE_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    """Stop scheduler threads before the interpreter tears torch down under them."""
+    for eng in list(_LIVE_ENGINES):
+        try:
+            eng.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def _final(chunk: dict) -> dict:

@@ -67,6 +67,7 @@ class Scheduler:
         self._recent: deque[tuple[float, int]] = deque(maxlen=256)
         self.last_batch: dict = {}
         self._last_num_tokens = 0
+        self._decode_steps = 0
 
     # ------------------------------------------------------------------ public (scheduler thread only)
     @property
@@ -294,6 +295,10 @@ class Scheduler:
         fb = ForwardBatch.build(ForwardMode.EXTEND, input_ids, positions, torch.cat(locs), rows, prefix_lens,
                                 ext_lens, self.req_pool.table, logits_rows, self.device)
         logits = self.runner.forward(fb)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("prefill batch: reqs=%d new_tokens=%d radix_cache_hit=%d radix_cache_miss=%d "
+                        "running=%d queued=%d kv_free=%d", len(batch), len(input_ids), sum(prefix_lens),
+                        len(input_ids), self.num_running, self.num_queued, self.kv_pool.free_size)
         self._last_num_tokens = len(input_ids)
         self.extend_tokens_total += len(input_ids)
         self.forward_tokens_total += len(input_ids)
@@ -387,6 +392,11 @@ class Scheduler:
         fb = ForwardBatch.build(ForwardMode.DECODE, input_ids, positions, slots, rows, prefix_lens,
                                 [1] * len(batch), self.req_pool.table, list(range(len(batch))), self.device)
         logits = self.runner.forward(fb)
+        self._decode_steps += 1
+        if self._decode_steps % 64 == 0 and logger.isEnabledFor(logging.INFO):
+            logger.info("decode batch: reqs=%d tokens/s=%.1f cache_hit_rate=%.2f running=%d queued=%d kv_free=%d",
+                        len(batch), self.tokens_per_s(), self.cache.hit_rate, self.num_running, self.num_queued,
+                        self.kv_pool.free_size)
         self._last_num_tokens = len(batch)
         self.forward_tokens_total += len(batch)
         for req in batch:
@@ -427,7 +437,8 @@ class Scheduler:
         rows = []
         for r in reqs:
             banned = ()
-            if len(r.output_ids) < r.params.min_new_tokens:
+            if len(r.output_ids) < r.params.min_new_tokens and not (
+                    r.grammar is not None and r.grammar.forced_stop_token() is not None):  # the grammar wins
                 banned = tuple(self.eos_ids | set(r.params.stop_token_ids))
             rows.append(SamplingRow(r.params, r.prompt_ids, r.output_ids, banned, r.generator))
         if any(r.params.needs_penalties for r in reqs):
