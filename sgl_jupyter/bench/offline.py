@@ -40,6 +40,8 @@ def run(cfg: OfflineConfig, progress: bool = True) -> pd.DataFrame:
                     **(cfg.engine_kwargs or {}))
     rows = []
     try:
+        hf = load_hf(engine.args.model_path, str(engine.device), engine.loaded.dtype, cfg.load_format)
+        tokenizer = engine.tokenizer
         engine.generate(prompts[:2], {"max_new_tokens": 4, "ignore_eos": True})  # warm-up
         engine.flush_cache()
         params = [{"max_new_tokens": n, "temperature": 0, "ignore_eos": True} for n in lens]
@@ -49,30 +51,33 @@ def run(cfg: OfflineConfig, progress: bool = True) -> pd.DataFrame:
         tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
         rows.append({"bench": "offline", "system": "sgl_jupyter engine", "requests": len(prompts),
                      "tokens": tokens, "seconds": dt, "tok_per_s": tokens / dt})
-        one = prompts[0]
-        engine.flush_cache()
-        t0 = time.perf_counter()
-        o = engine.generate(one, {"max_new_tokens": cfg.bs1_tokens, "temperature": 0, "ignore_eos": True})
-        dt = time.perf_counter() - t0
-        rows.append({"bench": "bs=1", "system": "sgl_jupyter engine", "requests": 1,
-                     "tokens": o["meta_info"]["completion_tokens"], "seconds": dt,
-                     "tok_per_s": o["meta_info"]["completion_tokens"] / dt})
-        model_path, dtype, device = engine.args.model_path, engine.loaded.dtype, str(engine.device)
-        tokenizer = engine.tokenizer
+        bar = tqdm(total=len(prompts), desc="HF generate (padded)", disable=not progress)
+        r = hf_padded_generate(hf, tokenizer, prompts, lens, cfg.hf_batch_size, progress=bar)
+        bar.close()
+        rows.append({"bench": "offline", "system": f"HF generate (padded, bs={cfg.hf_batch_size})",
+                     "requests": len(prompts), **r})
+        if cfg.hf_generate_batch:
+            r = hf_generate_batch(hf, tokenizer, prompts, lens)
+            if r is not None:
+                rows.append({"bench": "offline", "system": "HF generate_batch", "requests": len(prompts), **r})
+        # bs=1: alternate the two systems and keep each one's best of three, so load on a shared
+        # machine hits both alike
+        one, best_engine, best_hf = prompts[0], None, None
+        for _ in range(3):
+            engine.flush_cache()
+            t0 = time.perf_counter()
+            o = engine.generate(one, {"max_new_tokens": cfg.bs1_tokens, "temperature": 0, "ignore_eos": True})
+            dt = time.perf_counter() - t0
+            if best_engine is None or dt < best_engine["seconds"]:
+                best_engine = {"tokens": o["meta_info"]["completion_tokens"], "seconds": dt,
+                               "tok_per_s": o["meta_info"]["completion_tokens"] / dt}
+            r = hf_padded_generate(hf, tokenizer, [one], [cfg.bs1_tokens], 1)
+            if best_hf is None or r["seconds"] < best_hf["seconds"]:
+                best_hf = r
+        rows.append({"bench": "bs=1", "system": "sgl_jupyter engine", "requests": 1, **best_engine})
+        rows.append({"bench": "bs=1", "system": "HF generate", "requests": 1, **best_hf})
     finally:
         engine.shutdown()
-    hf = load_hf(model_path, device, dtype, cfg.load_format)
-    bar = tqdm(total=len(prompts), desc="HF generate (padded)", disable=not progress)
-    r = hf_padded_generate(hf, tokenizer, prompts, lens, cfg.hf_batch_size, progress=bar)
-    bar.close()
-    rows.append({"bench": "offline", "system": f"HF generate (padded, bs={cfg.hf_batch_size})",
-                 "requests": len(prompts), **r})
-    if cfg.hf_generate_batch:
-        r = hf_generate_batch(hf, tokenizer, prompts, lens)
-        if r is not None:
-            rows.append({"bench": "offline", "system": "HF generate_batch", "requests": len(prompts), **r})
-    r = hf_padded_generate(hf, tokenizer, [one], [cfg.bs1_tokens], 1)
-    rows.append({"bench": "bs=1", "system": "HF generate", "requests": 1, **r})
     df = pd.DataFrame(rows)
     ours = df[df.system == "sgl_jupyter engine"].set_index("bench")["tok_per_s"]
     df["engine_speedup"] = [ours[b] / t for b, t in zip(df.bench, df.tok_per_s)]

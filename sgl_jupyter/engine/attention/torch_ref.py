@@ -18,7 +18,8 @@ class PaddedMeta:
     q_index: torch.Tensor  # [B, Lq] packed row of each (request, query) cell; padding -> 0
     q_valid: torch.Tensor  # [B, Lq] bool
     k_slots: torch.Tensor  # [B, Lk] KV slots; padding -> 0 (scratch slot)
-    mask: torch.Tensor  # [B, 1, Lq, Lk] bool, True = attend
+    mask: torch.Tensor | None  # [B, 1, Lq, Lk] bool, True = attend; None: no masking needed
+    is_causal: bool = False
 
 
 class TorchAttnBackend(AttentionBackend):
@@ -41,7 +42,13 @@ class TorchAttnBackend(AttentionBackend):
         # query i of request b sits at absolute position pre+i and sees keys 0..pre+i
         mask = (kj.view(1, 1, lk) <= (pre + qi).view(B, lq, 1)) & (kj.view(1, 1, lk) < seq.view(B, 1, 1))
         mask |= ~q_valid.view(B, lq, 1) & (kj.view(1, 1, lk) == 0)  # padded queries see one key: no NaN
-        fb.attn_metadata = PaddedMeta(q_index, q_valid, k_slots, mask.unsqueeze(1))
+        single = B == 1 and fb.prefix_lens_cpu[0] == 0
+        if fb.is_decode and B == 1:  # one query that sees every key
+            fb.attn_metadata = PaddedMeta(q_index, q_valid, k_slots, None)
+        elif single:  # one fresh prompt: plain causal attention
+            fb.attn_metadata = PaddedMeta(q_index, q_valid, k_slots, None, is_causal=True)
+        else:
+            fb.attn_metadata = PaddedMeta(q_index, q_valid, k_slots, mask.unsqueeze(1))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, fb: ForwardBatch,
                 kv_pool: KVPool, scale: float) -> torch.Tensor:
@@ -51,7 +58,7 @@ class TorchAttnBackend(AttentionBackend):
         qp = q[m.q_index].transpose(1, 2)  # [B, Hq, Lq, D]
         kp = kv_pool.k_buffers[layer_id][m.k_slots].transpose(1, 2).to(q.dtype)  # [B, Hkv, Lk, D]
         vp = kv_pool.v_buffers[layer_id][m.k_slots].transpose(1, 2).to(q.dtype)
-        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=m.mask, scale=scale,
+        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=m.mask, is_causal=m.is_causal, scale=scale,
                                              enable_gqa=self.num_q_heads != self.num_kv_heads)
         out = out.transpose(1, 2)[m.q_valid]  # [T, Hq, D] in packed order (requests are contiguous)
         return out.reshape(out.shape[0], -1)

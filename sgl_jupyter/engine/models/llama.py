@@ -27,9 +27,6 @@ class DecoderAttention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=bool(getattr(cfg, "attention_bias", False)))
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if qk_norm else None
-        theta, scaling = rope_params(cfg)
-        max_pos = getattr(cfg, "max_position_embeddings", 8192)
-        self.rotary = RotaryEmbedding(self.head_dim, max_pos, theta, scaling)
         self.attn = PagedAttention(layer_id, self.num_heads, self.num_kv_heads, self.head_dim)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
@@ -41,7 +38,7 @@ class DecoderAttention(nn.Module):
         v = v.reshape(T, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+        q, k = RotaryEmbedding.apply(q, k, *fb.extra["rope"])
         return self.o_proj(self.attn(q, k, v, fb))
 
 
@@ -86,6 +83,9 @@ class LlamaForCausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, self.qkv_bias, self.qk_norm)
                                     for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        theta, scaling = rope_params(cfg)
+        self.rotary = RotaryEmbedding(head_dim, getattr(cfg, "max_position_embeddings", 8192), theta, scaling)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
         self.lm_head = None if self.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
@@ -96,6 +96,7 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, fb: ForwardBatch) -> torch.Tensor:
         """Final hidden states of the rows in ``fb.logits_indices`` (normed), [R, hidden]."""
         x = self.embed_tokens(fb.input_ids)
+        fb.extra["rope"] = self.rotary.cos_sin(fb.positions, x.dtype)
         residual = None
         for layer in self.layers:
             x, residual = layer(fb.positions, x, residual, fb)
