@@ -222,7 +222,8 @@ class Engine:
             raise EngineDeadError("the engine has been shut down; create a new Engine (or %sgl_load again)")
 
     # ------------------------------------------------------------------ request construction
-    def _normalize(self, prompt: Prompt, input_ids: InputIds, sampling_params) -> tuple[list[list[int]], list[SamplingParams], bool]:
+    def _normalize(self, prompt: Prompt, input_ids: InputIds, sampling_params,
+                   stream: bool = False) -> tuple[list[list[int]], list[SamplingParams], bool]:
         if (prompt is None) == (input_ids is None):
             raise InvalidRequestError("pass exactly one of prompt (text) and input_ids")
         if prompt is not None:
@@ -252,6 +253,8 @@ class Engine:
                 raise InvalidRequestError(
                     f"the prompt has {len(ids)} tokens but the context length is {self.max_context}: "
                     "shorten the prompt (or raise --context-length / --max-total-tokens)")
+        if stream and (not single or params[0].n != 1):
+            raise InvalidRequestError("stream=True takes one prompt with n=1")
         return ids_list, params, single
 
     def _grammar(self, params: SamplingParams):
@@ -325,9 +328,7 @@ class Engine:
                  return_text_in_logprobs: bool = False, stream: bool = False, rid: Optional[str] = None):
         """Generate for one prompt (-> dict), a list (-> list of dicts, in order; n>1 expands each), or
         stream one prompt (-> iterator of chunks with ``text`` so far and ``delta``)."""
-        ids_list, params, single = self._normalize(prompt, input_ids, sampling_params)
-        if stream and (not single or params[0].n != 1):
-            raise InvalidRequestError("stream=True takes one prompt with n=1")
+        ids_list, params, single = self._normalize(prompt, input_ids, sampling_params, stream)
         queues: list[queue.Queue] = []
 
         def sink_factory():
@@ -388,9 +389,7 @@ class Engine:
         """Like ``generate`` for asyncio callers; with ``stream=True`` returns an async iterator."""
         loop = asyncio.get_running_loop()
         ids_list, params, single = await loop.run_in_executor(None, self._normalize, prompt, input_ids,
-                                                              sampling_params)
-        if stream and (not single or params[0].n != 1):
-            raise InvalidRequestError("stream=True takes one prompt with n=1")
+                                                              sampling_params, stream)
         aqs: list[asyncio.Queue] = []
 
         def sink_factory():

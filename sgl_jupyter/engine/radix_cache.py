@@ -56,7 +56,9 @@ class RadixCache(PrefixCache):
         self.version = getattr(self, "version", 0) + 1
 
     # --- lookup -------------------------------------------------------------------------------
-    def match_prefix(self, key: list[int]) -> PrefixMatch:
+    def _walk(self, key: list[int]) -> tuple[Node, list[torch.Tensor], int]:
+        """Follow ``key`` down the tree (splitting the last node at the divergence point); returns the
+        deepest node, the slots along the path and how many tokens matched."""
         node, parts, i = self.root, [], 0
         now = time.monotonic()
         node.last_access = now
@@ -68,8 +70,11 @@ class RadixCache(PrefixCache):
             child.last_access = now
             parts.append(child.slots)
             node, i = child, i + n
-        slots = torch.cat(parts) if parts else EMPTY_SLOTS
-        return PrefixMatch(slots, node)
+        return node, parts, i
+
+    def match_prefix(self, key: list[int]) -> PrefixMatch:
+        node, parts, _ = self._walk(key)
+        return PrefixMatch(torch.cat(parts) if parts else EMPTY_SLOTS, node)
 
     def record(self, match: PrefixMatch, total_tokens: int) -> None:
         super().record(match, total_tokens)
@@ -91,15 +96,8 @@ class RadixCache(PrefixCache):
     # --- insert ---------------------------------------------------------------------------------
     def insert(self, key: list[int], slots: torch.Tensor) -> int:
         assert len(key) == slots.numel()
-        node, i = self.root, 0
+        node, _, i = self._walk(key)
         now = time.monotonic()
-        while i < len(key) and key[i] in node.children:
-            child = node.children[key[i]]
-            n = _common_len(child.key, key[i:])
-            if n < len(child.key):
-                child = self._split(child, n)
-            child.last_access = now
-            node, i = child, i + n
         existing = i
         if i < len(key):
             leaf = Node(next(self._ids), list(key[i:]), slots[i:].clone(), node)

@@ -155,17 +155,23 @@ class Scheduler:
         reqs = self.running + ([self.chunked] if self.chunked else [])
         return sum(int(min(r.remaining_new_tokens, RESERVE_CLIP) * NEW_TOKEN_RATIO) for r in reqs)
 
-    def _release(self, req: Req) -> None:
-        """Give a request's KV back: computed tokens go into the prefix cache (duplicates freed), the
-        request's row and its lock on the cache are released."""
-        if req.row is None:
-            return
+    def _insert_into_cache(self, req: Req) -> list[int]:
+        """Offer the request's computed KV to the prefix cache; free the slots that duplicated what
+        the cache already held. Returns the key inserted."""
         kv = req.kv_len
         slots = self.req_pool.read(req.row, kv)
         key = req.fill_ids[:kv]
         existing = self.cache.insert(key, slots)
         if existing > req.cache_protected_len:
             self.kv_pool.free(slots[req.cache_protected_len:existing])
+        return key
+
+    def _release(self, req: Req) -> None:
+        """Give a request's KV back: computed tokens go into the prefix cache, the request's row
+        and its lock on the cache are released."""
+        if req.row is None:
+            return
+        self._insert_into_cache(req)
         if req.cache_node is not None:
             self.cache.unlock(req.cache_node)
         self.req_pool.free(req.row)
@@ -177,11 +183,7 @@ class Scheduler:
         if not self.cache.reuses_prefixes:
             return
         kv = req.kv_len
-        slots = self.req_pool.read(req.row, kv)
-        key = req.fill_ids[:kv]
-        existing = self.cache.insert(key, slots)
-        if existing > req.cache_protected_len:
-            self.kv_pool.free(slots[req.cache_protected_len:existing])
+        key = self._insert_into_cache(req)
         match = self.cache.match_prefix(key)
         assert match.length == kv, "the prefix cache lost tokens it just accepted"
         self.req_pool.write(req.row, 0, match.slots)
