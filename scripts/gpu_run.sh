@@ -13,12 +13,12 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
-# the kernels directory is importable as sgl_jupyter.kernels once installed; without an install, map it
+# kernels/ is sgl_jupyter.kernels once installed; without an install, add the repo root to the package path
 python3 - <<'PY'
 import os, sys
 site = "/tmp/site"
 os.makedirs(site, exist_ok=True)
-open(os.path.join(site, "sgl_jupyter_kernels.pth"), "w").write("import sgl_jupyter, os; sgl_jupyter.__path__.append(os.path.dirname(os.path.abspath(sgl_jupyter.__file__)))\n")
+open(os.path.join(site, "sgl_jupyter_kernels.pth"), "w").write("import sgl_jupyter, os; sgl_jupyter.__path__.append(os.path.dirname(os.path.dirname(os.path.abspath(sgl_jupyter.__file__))))\n")
 PY
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
