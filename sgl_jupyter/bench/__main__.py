@@ -15,7 +15,13 @@ def _offline(args) -> "object":
                              hf_generate_batch=args.hf_generate_batch))
 
 
-BENCHES = {"offline": _offline}
+def _constrained(args) -> "object":
+    from .constrained import run_cli
+
+    return run_cli(args)
+
+
+BENCHES = {"offline": _offline, "constrained": _constrained}
 
 
 def main(argv: list[str] | None = None) -> int:

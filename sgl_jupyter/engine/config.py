@@ -38,6 +38,7 @@ class EngineArgs:
     max_prefill_tokens: int = 8192
     schedule_policy: str = "lpm"
     disable_radix_cache: bool = False
+    disable_regex_jump_forward: bool = False
     # kernels
     attention_backend: str = "auto"
     disable_flashinfer: bool = False

@@ -83,6 +83,7 @@ class Engine:
                                        max_prefill_tokens=self.args.max_prefill_tokens,
                                        schedule_policy=self.args.schedule_policy),
                                    self.bus, OutputBuilder(self.tokenizer), generator)
+        self.scheduler.enable_jump_forward = not self.args.disable_regex_jump_forward
         self._grammar_backend = None
         self._grammar_lock = threading.Lock()
         self._inbox: queue.Queue = queue.Queue()
