@@ -25,3 +25,16 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'sgl_jupyter' has no attribute {name!r}")
+
+
+def load_ipython_extension(ip) -> None:
+    """``%load_ext sgl_jupyter``: register the magics, the SGL config and the engine panel comm."""
+    from .jupyter import load_ipython_extension as _load
+
+    _load(ip)
+
+
+def unload_ipython_extension(ip) -> None:
+    from .jupyter import unload_ipython_extension as _unload
+
+    _unload(ip)

@@ -111,7 +111,7 @@ class Scheduler:
 
     def tokens_per_s(self, window: float = 5.0) -> float:
         now = time.perf_counter()
-        pts = [(t, n) for t, n in self._recent if now - t <= window]
+        pts = [(t, n) for t, n in list(self._recent) if now - t <= window]  # read from other threads
         if len(pts) < 2:
             return 0.0
         span = max(now - pts[0][0], 1e-6)
