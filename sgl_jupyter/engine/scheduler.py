@@ -514,7 +514,7 @@ class Scheduler:
             return
         if req in self.running:
             self.running.remove(req)
-        self._finish(req, reason)
+        self._finish(req, reason, last_ids=new_ids, last_logprobs=None if lp is None else [lp])
 
     def _grammar_jump_forward(self, req: Req) -> list[int]:
         """After the grammar accepted the sampled token: append the text it forces next (re-tokenising
@@ -541,13 +541,15 @@ class Scheduler:
         self.generation_tokens_total += added - 1
         return req.output_ids[-added:]
 
-    def _finish(self, req: Req, reason: dict, free: bool = True) -> None:
+    def _finish(self, req: Req, reason: dict, free: bool = True, last_ids: Optional[list[int]] = None,
+                last_logprobs: Optional[list[float]] = None) -> None:
+        """Finish a request; ``last_ids`` are the tokens of this step not yet announced to observers."""
         req.finish_reason = reason
         if free:
             self._release(req)
         delta = self.detok.take_delta(req.detok, final=True)
-        if self.bus.active and (delta or req.output_ids):
-            self.bus.emit(TokenEvent(req.rid, [], delta, None, len(req.output_ids)))
+        if self.bus.active and (delta or last_ids):
+            self.bus.emit(TokenEvent(req.rid, list(last_ids or []), delta, last_logprobs, len(req.output_ids)))
         self.num_finished += 1
         out = self.output.chunk(req, delta, finished=True)
         if self.bus.active:
