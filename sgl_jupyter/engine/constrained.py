@@ -103,7 +103,10 @@ class GrammarMatcher:
         """The text every continuation must start with (e.g. ``"name": "`` after ``{``), or None."""
         if self._matcher.is_terminated():
             return None
-        return self._matcher.find_jump_forward_string() or None
+        try:
+            return self._matcher.find_jump_forward_string() or None
+        except UnicodeDecodeError:  # the forced bytes end inside a multi-byte character: no jump now
+            return None
 
     def forced_stop_token(self) -> Optional[int]:
         """The stop token, when the grammar is complete and allows nothing but stop tokens next.

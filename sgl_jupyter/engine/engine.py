@@ -275,6 +275,11 @@ class Engine:
 
     def _make_reqs(self, ids_list, params, rid, stream, sink_factory, return_logprob, logprob_start_len,
                    top_logprobs_num, return_text_in_logprobs) -> list[Req]:
+        for name, x in (("return_logprob", return_logprob), ("logprob_start_len", logprob_start_len),
+                        ("top_logprobs_num", top_logprobs_num), ("rid", rid)):
+            if isinstance(x, (list, tuple)) and len(x) != len(ids_list):
+                raise InvalidRequestError(f"{name} has {len(x)} entries for {len(ids_list)} prompts")
+
         def per(x, i):
             return x[i] if isinstance(x, (list, tuple)) else x
 
@@ -443,6 +448,8 @@ class Engine:
 
     def abort(self, rid: str) -> None:
         """Abort a request (and, for n>1 or batches, all its parts) wherever it is."""
+        if not isinstance(rid, str):
+            raise InvalidRequestError(f"rid must be a string, got {type(rid).__name__}")
         if not self._closed:
             self._inbox.put(("abort", rid))
 

@@ -91,8 +91,8 @@ class SamplingParams:
             bad("frequency_penalty", "must be in [-2, 2]")
         if not -2.0 <= self.presence_penalty <= 2.0:
             bad("presence_penalty", "must be in [-2, 2]")
-        if not 0.0 < self.repetition_penalty <= 2.0:
-            bad("repetition_penalty", "must be in (0, 2]")
+        if not 0.01 <= self.repetition_penalty <= 2.0:
+            bad("repetition_penalty", "must be in [0.01, 2]")
         if not 1 <= self.n <= 128:
             bad("n", "must be in [1, 128]")
         if isinstance(self.stop, str):
@@ -178,6 +178,7 @@ def filter_top_k_top_p_min_p(probs: torch.Tensor, top_k: torch.Tensor, top_p: to
     cum = sorted_probs.cumsum(dim=-1)
     keep &= (cum - sorted_probs) < top_p.unsqueeze(1)  # always keeps the first token
     keep &= sorted_probs >= min_p.unsqueeze(1) * sorted_probs[:, :1]
+    keep[:, 0] = True  # the most likely token always survives (a top_p that rounds to 0, say)
     sorted_probs = sorted_probs * keep
     out = torch.zeros_like(probs).scatter_(1, sorted_idx, sorted_probs)
     return out / out.sum(dim=-1, keepdim=True)

@@ -17,13 +17,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..engine.metrics import CONTENT_TYPE, EngineMetrics
 from . import native_api, openai_api
 from .errors import error_response, install_error_handlers
-from .protocol import ErrorResponse
 from .native_api import server_info
+from .protocol import ErrorResponse
 from .state import Admission, ServerState
 
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20
-OPEN_PATHS = frozenset({"/health"})
-STREAMING_ROUTES = ("/v1/completions", "/v1/chat/completions", "/generate")  # answered without the API key (load balancers probe it)
+OPEN_PATHS = frozenset({"/health"})  # answered without the API key (load balancers probe it)
+STREAMING_ROUTES = ("/v1/completions", "/v1/chat/completions", "/generate")
 
 
 class GateMiddleware:

@@ -43,6 +43,7 @@ _HELP = {
     "cuda_graph_max_bs": "Largest decode batch captured as a CUDA graph.",
     "tp_size": "Tensor-parallel degree (GPUs).",
     "random_seed": "Seed of the sampler.",
+    "disable_regex_jump_forward": "Decode grammar-forced text token by token instead of jumping forward.",
     "log_level": "Log level of the engine and the server.",
     "served_model_name": "Model name in /v1/models and responses (default: the model path).",
 }

@@ -12,10 +12,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .errors import APIError, ErrorResponseDoc
-from .openai_common import guard_sampling
 from .generation import SSE_DONE, EngineStreams, SSEResponse, generate_once, sse
-from .native_protocol import (UNSUPPORTED_SAMPLING, UNSUPPORTED_TOP_LEVEL, AbortReqInput, FlushCacheInput,
-                              GenerateReqInput, GenerateResponse, ModelInfo, NativeSamplingParams)
+from .native_protocol import (
+    UNSUPPORTED_SAMPLING,
+    UNSUPPORTED_TOP_LEVEL,
+    AbortReqInput,
+    FlushCacheInput,
+    GenerateReqInput,
+    GenerateResponse,
+    ModelInfo,
+    NativeSamplingParams,
+)
+from .openai_common import guard_sampling
 from .state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -187,7 +195,7 @@ async def health_generate(request: Request) -> Response:
             "max_new_tokens": 1, "temperature": 0}, rid=f"health-{uuid.uuid4().hex}"),
             HEALTH_GENERATE_TIMEOUT_S)
     except asyncio.TimeoutError:
-        raise APIError(503, f"the engine did not produce a token within {HEALTH_GENERATE_TIMEOUT_S:.0f}s")
+        raise APIError(503, f"the engine did not produce a token within {HEALTH_GENERATE_TIMEOUT_S:.0f}s") from None
     except Exception as e:  # noqa: BLE001 - any failure means "not healthy"
         raise APIError(503, f"the engine cannot generate: {e}") from e
     return Response(status_code=200)

@@ -7,8 +7,14 @@ from fastapi.responses import Response
 from .errors import APIError, ErrorResponseDoc
 from .openai_chat import create_chat_completion
 from .openai_completions import create_completion
-from .protocol import ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, \
-    ModelCard, ModelList
+from .protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+)
 from .state import ServerState
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])

@@ -24,7 +24,8 @@ def keyed(engine):
 @pytest.mark.parametrize("method, path, body", [
     ("GET", "/v1/models", None), ("POST", "/v1/completions", {"prompt": "hi", "max_tokens": 1}),
     ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
-    ("POST", "/generate", {"text": "hi", "sampling_params": {"max_new_tokens": 1}}), ("GET", "/get_model_info", None), ("GET", "/get_server_info", None),
+    ("POST", "/generate", {"text": "hi", "sampling_params": {"max_new_tokens": 1}}),
+    ("GET", "/get_model_info", None), ("GET", "/get_server_info", None),
     ("POST", "/flush_cache", None), ("GET", "/metrics", None), ("GET", "/health_generate", None),
     ("GET", "/openapi.json", None), ("GET", "/no/such/route", None),
 ])

@@ -129,7 +129,7 @@ def test_completion_logprobs_are_consistent(oai):
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == res.usage.completion_tokens
     assert "".join(lp.tokens) == res.choices[0].text
     assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
-    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+    for logprob, top in zip(lp.token_logprobs, lp.top_logprobs):
         assert logprob <= 0 and 1 <= len(top) <= 3
         assert math.isclose(logprob, max(top.values()), abs_tol=1e-4)  # greedy picks the top token
 
@@ -192,3 +192,22 @@ def test_bad_parameters_raise_openai_errors(oai):
     with pytest.raises(openai.BadRequestError) as exc:
         oai.chat.completions.create(model="x", messages=[], max_tokens=4)
     assert "messages" in str(exc.value)
+
+
+def test_echo_returns_the_prompt_and_its_logprobs(oai, engine):
+    prompt = "The sky is"
+    res = oai.completions.create(model="x", prompt=prompt, max_tokens=3, echo=True, logprobs=1, **GREEDY)
+    choice = res.choices[0]
+    assert choice.text == prompt + engine_text(engine, prompt, 3)
+    lp = choice.logprobs
+    n_prompt = len(engine.tokenizer.encode(prompt, add_special_tokens=False))
+    assert len(lp.tokens) == n_prompt + res.usage.completion_tokens
+    assert lp.token_logprobs[0] is None and all(x <= 0 for x in lp.token_logprobs[1:])
+    assert "".join(lp.tokens) == choice.text
+
+
+def test_token_id_prompts(oai, engine):
+    ids = engine.tokenizer.encode("The capital of France is", add_special_tokens=False)
+    res = oai.completions.create(model="x", prompt=[ids, ids], max_tokens=5, **GREEDY)
+    expected = engine_text(engine, "The capital of France is", 5)
+    assert [c.text for c in res.choices] == [expected, expected]
