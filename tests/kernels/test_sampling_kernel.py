@@ -1,0 +1,109 @@
+"""Batched top-k / top-p / min-p sampling: the kernel's kept set against the sort-based reference,
+greedy rows against argmax, and the drawn frequencies against the reference distribution."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sgl_jupyter.kernels.sampling import sample_ref, sample_triton, top_k_top_p_min_p_probs_ref
+
+
+def _params(rows: list[tuple[float, int, float, float]], device: str):
+    t, k, p, m = zip(*rows)
+    return (torch.tensor(t, device=device), torch.tensor(k, dtype=torch.int32, device=device),
+            torch.tensor(p, device=device), torch.tensor(m, device=device))
+
+
+def _kept_counts(logits, temps, thr):
+    t = torch.where(temps > 1e-6, temps, torch.ones_like(temps))
+    probs = torch.softmax(logits.float() / t[:, None], -1)
+    return (probs >= thr[:, None] * (1 - 1e-5)).sum(1)  # the kernel's own float32 softmax differs in the last bit
+
+
+ROWS = [  # temperature, top_k, top_p, min_p
+    (0.0, -1, 1.0, 0.0),  # greedy
+    (1.0, 20, 1.0, 0.0),
+    (0.7, -1, 0.9, 0.0),
+    (1.0, -1, 1.0, 0.05),
+    (1.3, 50, 0.8, 0.1),
+    (1.0, 1, 1.0, 0.0),  # top_k 1 is greedy too
+    (0.5, 5, 0.5, 0.0),
+    (1.0, -1, 1.0, 0.0),  # plain sampling: keeps everything
+]
+
+
+def test_reference_filters_compose_like_sglang():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]])
+    probs = torch.softmax(logits, -1)[0]
+    one = lambda k, p, m: top_k_top_p_min_p_probs_ref(logits, *_params([(1.0, k, p, m)], "cpu"))[0]  # noqa
+    assert (one(2, 1.0, 0.0) > 0).tolist() == [True, True, False, False, False]
+    cum_before = probs.cumsum(0) - probs  # top-p keeps a token while the mass above it is < p
+    assert (one(-1, 0.8, 0.0) > 0).tolist() == (cum_before < 0.8).tolist()
+    assert (one(-1, 1.0, 0.3) > 0).tolist() == (probs >= 0.3 * probs[0]).tolist()
+    torch.testing.assert_close(one(2, 1.0, 0.0).sum(), torch.tensor(1.0))
+    g = torch.Generator().manual_seed(0)
+    assert sample_ref(logits.repeat(50, 1), *_params([(0.0, -1, 1.0, 0.0)] * 50, "cpu"), generator=g).eq(0).all()
+
+
+def test_kernel_small_kept_sets_and_greedy(interp_device):
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(len(ROWS), 300, generator=g) * 3).to(interp_device)
+    params = _params(ROWS, interp_device)
+    seeds = torch.arange(len(ROWS), device=interp_device) * 7919
+    ids, thr = sample_triton(logits, *params, seeds, return_threshold=True)
+    ref = top_k_top_p_min_p_probs_ref(logits, *params)
+    kept = _kept_counts(logits, params[0], thr)
+    ref_kept = (ref > 0).sum(1)
+    for i, (t, k, p, m) in enumerate(ROWS):
+        if t == 0.0 or k == 1:
+            assert ids[i] == logits[i].argmax(), i
+        else:
+            assert abs(int(kept[i]) - int(ref_kept[i])) <= (0 if (p == 1.0 and m == 0.0) else 1), (i, kept, ref_kept)
+            assert ref[i, ids[i]] > 0 or kept[i] != ref_kept[i], i
+    assert kept[1] == 20 and kept[7] == 300
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("vocab", [1000, 32000, 151936])
+def test_kernel_kept_sets_cuda(vocab):
+    logits = torch.randn(len(ROWS) * 4, vocab, device="cuda") * 4
+    params = _params(ROWS * 4, "cuda")
+    seeds = torch.randint(0, 2**62, (len(ROWS) * 4,), device="cuda")
+    ids, thr = sample_triton(logits, *params, seeds, return_threshold=True)
+    ref = top_k_top_p_min_p_probs_ref(logits, *params)
+    kept, ref_kept = _kept_counts(logits, params[0], thr), (ref > 0).sum(1)
+    greedy = (params[0] <= 1e-6) | (params[1] == 1)
+    assert torch.equal(ids[greedy], logits[greedy].argmax(-1))
+    assert (kept[~greedy] - ref_kept[~greedy]).abs().max() <= 1  # at most the boundary token differs
+    assert (ref[~greedy].gather(1, ids[~greedy, None]) > 0).float().mean() >= 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("vocab,row", [(64, (0.8, 6, 0.9, 0.02)), (10000, (1.0, 40, 1.0, 0.0)),
+                                       (10000, (0.9, -1, 0.7, 0.0)), (5000, (1.0, -1, 1.0, 0.03))])
+def test_kernel_draws_follow_reference_distribution(vocab, row):
+    n = 40000
+    g = torch.Generator(device="cuda").manual_seed(vocab)
+    logits = (torch.randn(1, vocab, device="cuda", generator=g) * 2).expand(n, vocab).contiguous()
+    params = _params([row] * n, "cuda")
+    seeds = torch.randint(0, 2**62, (n,), device="cuda", generator=g)
+    ids = sample_triton(logits, *params, seeds)
+    emp = torch.bincount(ids, minlength=vocab).double() / n
+    ref = top_k_top_p_min_p_probs_ref(logits[:1], *[x[:1] for x in params])[0].double()
+    bound = 5 * (ref * (1 - ref) / n).sqrt() + 2e-4
+    assert ((emp - ref).abs() <= bound).all(), (emp - ref).abs().max()
+
+
+@pytest.mark.gpu
+def test_kernel_is_deterministic_per_seed_and_capturable():
+    logits = torch.randn(4, 32000, device="cuda")
+    params = _params([(1.0, 50, 0.9, 0.0)] * 4, "cuda")
+    seeds = torch.tensor([1, 2, 3, 4], device="cuda")
+    a, b = sample_triton(logits, *params, seeds), sample_triton(logits, *params, seeds)
+    assert torch.equal(a, b)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = sample_triton(logits, *params, seeds)
+    seeds.copy_(torch.tensor([5, 6, 7, 8]))
+    graph.replay()
+    assert torch.equal(out, sample_triton(logits, *params, seeds))
