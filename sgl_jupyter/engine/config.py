@@ -43,7 +43,8 @@ class EngineArgs:
     attention_backend: str = "auto"
     disable_flashinfer: bool = False
     disable_cuda_graph: bool = False
-    cuda_graph_max_bs: int = 64
+    cuda_graph_max_bs: int = 160
+    num_continuous_decode_steps: Optional[int] = None  # None: 4 with CUDA graphs, else 1
     tp_size: int = 1
     random_seed: int = 0
     # observability
@@ -92,6 +93,8 @@ class EngineArgs:
               f"chunked_prefill_size must be >= 16 (or -1 to disable), got {self.chunked_prefill_size}")
         check(self.tp_size >= 1, f"tp_size must be >= 1, got {self.tp_size}")
         check(self.cuda_graph_max_bs >= 1, f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
+        check(self.num_continuous_decode_steps is None or 1 <= self.num_continuous_decode_steps <= 64,
+              f"num_continuous_decode_steps must be in [1, 64], got {self.num_continuous_decode_steps}")
         check(self.cpu_kv_budget_gb > 0, f"cpu_kv_budget_gb must be > 0, got {self.cpu_kv_budget_gb}")
         if self.disable_flashinfer and self.attention_backend == "flashinfer":
             raise InvalidRequestError("attention_backend='flashinfer' contradicts disable_flashinfer=True")

@@ -67,6 +67,11 @@ class GrammarMatcher:
         self.num_accepted = 0  # tokens accepted and not rolled back
         self._probe: Optional[torch.Tensor] = None  # 1-row bitmask for forced_stop_token()
 
+    @property
+    def vocab_size(self) -> int:
+        """Width of the bitmask rows this matcher fills (the model's logits width)."""
+        return self._vocab_size
+
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         """Write the allowed-next-token bits into ``bitmask[row]`` (EOS only where the grammar may end)."""
         self._matcher.fill_next_token_bitmask(bitmask, row)
@@ -130,7 +135,7 @@ class GrammarMatcher:
         return None
 
     def rollback(self, num_tokens: int) -> None:
-        """Undo the last ``num_tokens`` accepted tokens (jump-forward re-tokenisation, retract)."""
+        """Undo the last ``num_tokens`` accepted tokens (jump-forward drafts are planned ahead, then undone)."""
         if num_tokens <= 0:
             return
         if num_tokens > self.num_accepted:

@@ -26,8 +26,10 @@ def cache_root() -> Path:
     env = os.environ.get("SGL_JUPYTER_CACHE")
     if env:
         return Path(env)
-    import platformdirs
-
+    try:
+        import platformdirs
+    except ImportError:  # a bare GPU box without the package: the XDG default
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sgl_jupyter"
     return Path(platformdirs.user_cache_dir("sgl_jupyter"))
 
 

@@ -17,16 +17,16 @@ from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
 
 import torch
 
-from .attention import choose_backend_name, create_attention_backend
+from .attention import choose_backend_name
 from .config import EngineArgs
 from .detokenizer import IncrementalDetokenizer
 from .errors import EngineDeadError, EngineError, EngineOverloadedError, InvalidRequestError
 from .events import EventBus
-from .kv_pool import KVPool, ReqToTokenPool, kv_bytes_per_token
-from .loader import LoadedModel, load_model
-from .model_runner import ModelRunner
+from .kv_pool import ReqToTokenPool
+from .loader import LoadedModel, load_model, resolve_device
 from .output import OutputBuilder
 from .prefix_cache import make_prefix_cache
+from .rank_setup import build_rank, kv_capacity
 from .request import Req
 from .sampling import SamplingParams
 from .scheduler import Scheduler, SchedulerLimits
@@ -54,23 +54,43 @@ class Engine:
 
             self.args.model_path = default_model_path()
         t0 = time.perf_counter()
+        self.tp = None  # tensor parallel (tp_size > 1): the coordinator of the worker processes
+        if self.args.tp_size > 1:
+            from .distributed.coordinator import TPCoordinator
+
+            self.tp = TPCoordinator(self.args, resolve_device(self.args.device))  # workers load meanwhile
+        try:
+            self._start(t0)
+        except BaseException:
+            if self.tp is not None:
+                self.tp.shutdown(clean=False)
+            raise
+
+    def _start(self, t0: float) -> None:
         self.loaded: LoadedModel = load_model(
             self.args.model_path, load_format=self.args.load_format, dtype=self.args.dtype, device=self.args.device,
             tokenizer_path=self.args.tokenizer_path, trust_remote_code=self.args.trust_remote_code,
-            seed=self.args.random_seed)
+            seed=self.args.random_seed, tp=self.tp.group if self.tp is not None else None)
         self.tokenizer = self.loaded.tokenizer
         self.hf_config = self.loaded.hf_config
         self.device = self.loaded.device
         self.vocab_size = int(self.hf_config.vocab_size)
         self.eos_ids = _eos_ids(self.hf_config, self.tokenizer)
-        self._build_memory()
         self.attention_backend = choose_backend_name(self.args.attention_backend, self.device,
-                                                     self.args.disable_flashinfer)
-        attn = create_attention_backend(self.attention_backend, num_q_heads=self._attn_dims[0],
-                                        num_kv_heads=self._attn_dims[1], head_dim=self._attn_dims[2],
-                                        device=self.device, kv_pool=self.kv_pool, req_to_token=self.req_pool,
-                                        max_bs=self.max_running)
-        self.runner = ModelRunner(self.loaded, self.kv_pool, self.req_pool, attn)
+                                                     self.args.disable_flashinfer, self.loaded.dtype)
+        kv_size = kv_capacity(self.args, self.loaded, self.args.tp_size)
+        req_pool_cls = ReqToTokenPool
+        if self.tp is not None:
+            from .distributed.batch_comm import TrackedReqToTokenPool
+
+            kv_size = self.tp.connect(kv_size, self.attention_backend)  # the workers build the same below
+            req_pool_cls = TrackedReqToTokenPool
+        rank = build_rank(self.args, self.loaded, kv_size, self.attention_backend, self.args.tp_size, req_pool_cls)
+        self.kv_pool, self.req_pool, self.runner = rank.kv_pool, rank.req_pool, rank.runner
+        self.max_context, self.max_running, self._attn_dims = rank.max_context, rank.max_running, rank.attn_dims
+        if self.tp is not None:
+            self.tp.table = self.req_pool
+            self.runner.tp_coordinator = self.tp
         self.bus = EventBus()
         self.detokenizer = IncrementalDetokenizer(self.tokenizer)
         self.cache = make_prefix_cache(self.args.disable_radix_cache, self.kv_pool.free,
@@ -84,6 +104,7 @@ class Engine:
                                        schedule_policy=self.args.schedule_policy),
                                    self.bus, OutputBuilder(self.tokenizer), generator)
         self.scheduler.enable_jump_forward = not self.args.disable_regex_jump_forward
+        self.scheduler.continuous_decode_steps = self.runner.continuous_decode_steps
         self._grammar_backend = None
         self._grammar_lock = threading.Lock()
         self._inbox: queue.Queue = queue.Queue()
@@ -99,52 +120,30 @@ class Engine:
                     self.args.model_path, self.device, self.loaded.dtype, self.kv_pool.size,
                     self.attention_backend, self.load_time_s)
 
-    # ------------------------------------------------------------------ construction helpers
-    def _build_memory(self) -> None:
-        cfg = self.hf_config
-        heads = cfg.num_attention_heads
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-        self._attn_dims = (heads, kv_heads, head_dim)
-        kv_dtype = self.loaded.dtype
-        per_token = kv_bytes_per_token(cfg.num_hidden_layers, kv_heads, head_dim, kv_dtype)
-        a = self.args
-        if a.max_total_tokens is not None:
-            size = a.max_total_tokens
-        elif self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            frac = a.mem_fraction_static or 0.85
-            budget = free - total * (1 - frac)
-            if budget < per_token * 256:
-                from .errors import KVCacheOOMError
-
-                raise KVCacheOOMError(
-                    f"not enough GPU memory left for the KV cache after loading the weights "
-                    f"({free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB): raise --mem-fraction-static "
-                    f"(now {frac}), lower --max-total-tokens, or use a smaller model / --tp-size > 1")
-            size = int(budget // per_token)
-        else:
-            size = int(a.cpu_kv_budget_gb * (a.mem_fraction_static or 1.0) * 2**30 // per_token)
-        ctx = a.context_length or getattr(cfg, "max_position_embeddings", 4096)
-        self.max_context = int(min(ctx, size))
-        default_running = 256 if self.device.type == "cuda" else 128
-        self.max_running = int(a.max_running_requests or min(default_running, max(size // 16, 1)))
-        self.kv_pool = KVPool(size, cfg.num_hidden_layers, kv_heads, head_dim, kv_dtype, self.device)
-        self.req_pool = ReqToTokenPool(self.max_running + 8, self.max_context + 1, self.device)
-
     # ------------------------------------------------------------------ scheduler thread
     def _loop(self) -> None:
         sched = self.scheduler
         while not self._closed:
+            if self.tp is not None and self.tp.failed is not None:
+                self._stop_after_tp_failure(self.tp.failed)
+                break
             try:
                 self._drain_inbox(block=not sched.has_work)
                 if sched.has_work:
                     with torch.inference_mode():
                         sched.step()
             except Exception as e:  # noqa: BLE001 - the engine must survive; fail the requests in flight
-                logger.exception("engine step failed; aborting the requests in flight and resetting the KV cache")
+                if not isinstance(e, EngineDeadError):  # (a dead TP worker was logged where it was found)
+                    logger.exception("engine step failed; aborting the requests in flight and resetting the KV cache")
                 self._recover(e)
         sched.abort_all("the engine was shut down")
+
+    def _stop_after_tp_failure(self, error: Exception) -> None:
+        """A tensor-parallel rank died or fell out of step: fail every request, stop the workers, stop."""
+        self._error = error
+        self._closed = True
+        self._recover(error)
+        self.tp.shutdown(clean=False)
 
     def _track(self, req: Req) -> None:
         """Remember a request until its final chunk, so a failed step can answer every caller."""
@@ -165,10 +164,11 @@ class Engine:
         sched.waiting.clear()
         sched.running.clear()
         sched.chunked = None
+        message = str(error) if isinstance(error, EngineDeadError) else f"internal engine error: {error!r}"
         for req in reqs:
-            req.finish_reason = {"type": "abort", "message": f"internal engine error: {error!r}"}
+            req.finish_reason = {"type": "abort", "message": message}
             try:
-                req.sink({"error": f"internal engine error: {error!r}", "finished": True})
+                req.sink({"error": message, "finished": True})
             except Exception:  # noqa: BLE001
                 pass
         self.cache.reset()
@@ -220,7 +220,14 @@ class Engine:
 
     def _check_alive(self) -> None:
         if self._closed or not self._thread.is_alive():
-            raise EngineDeadError("the engine has been shut down; create a new Engine (or %sgl_load again)")
+            raise self._dead_error()
+
+    def _dead_error(self) -> EngineDeadError:
+        if self._error is not None:
+            return EngineDeadError(str(self._error))
+        if self._closed:
+            return EngineDeadError("the engine has been shut down; create a new Engine (or %sgl_load again)")
+        return EngineDeadError("the engine's scheduler thread has stopped")
 
     # ------------------------------------------------------------------ request construction
     def _normalize(self, prompt: Prompt, input_ids: InputIds, sampling_params,
@@ -364,7 +371,7 @@ class Engine:
                 chunk = q.get(timeout=_POLL_S)
             except queue.Empty:
                 if not self._thread.is_alive():
-                    raise EngineDeadError("the engine's scheduler thread has stopped")
+                    raise self._dead_error()
                 continue
             if "error" in chunk:
                 raise EngineError(chunk["error"])
@@ -423,7 +430,7 @@ class Engine:
                 chunk = await asyncio.wait_for(aq.get(), timeout=1.0)
             except asyncio.TimeoutError:
                 if not self._thread.is_alive():
-                    raise EngineDeadError("the engine's scheduler thread has stopped")
+                    raise self._dead_error()
                 continue
             if "error" in chunk:
                 raise EngineError(chunk["error"])
@@ -512,6 +519,21 @@ class Engine:
         self._inbox.put(("stop",))
         self._thread.join(timeout=30)
         self._closed = True
+        if self.tp is not None:  # a stop message only if the scheduler thread is not inside a step
+            self.tp.shutdown(clean=not self._thread.is_alive())
+        if self.device.type == "cuda" and not self._thread.is_alive():
+            self._release_gpu_memory()
+
+    def _release_gpu_memory(self) -> None:
+        """Give the GPU back at shutdown (``%sgl_unload``, a benchmark's next engine): graphs, KV, weights."""
+        import gc
+
+        self.runner.graphs = None
+        self.kv_pool.k_buffers.clear()
+        self.kv_pool.v_buffers.clear()
+        self.loaded.model.to("meta")
+        gc.collect()
+        torch.cuda.empty_cache()
 
     def __enter__(self) -> "Engine":
         return self

@@ -57,13 +57,14 @@ class ForwardBatch:
               req_to_token: torch.Tensor, logits_indices: list[int], device: torch.device,
               extra: Optional[dict] = None) -> "ForwardBatch":
         seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
-
-        def t(x: list[int]) -> torch.Tensor:
-            return torch.tensor(x, dtype=torch.int64).to(device, non_blocking=True)
-
-        return cls(mode=mode, input_ids=t(input_ids), positions=t(positions),
-                   out_cache_loc=out_cache_loc.to(device, non_blocking=True),
-                   req_pool_indices=t(req_pool_indices), seq_lens=t(seq_lens), prefix_lens=t(prefix_lens),
-                   extend_lens=t(extend_lens), seq_lens_cpu=seq_lens, prefix_lens_cpu=list(prefix_lens),
-                   extend_lens_cpu=list(extend_lens), req_to_token=req_to_token,
-                   logits_indices=t(logits_indices), extra=extra or {})
+        # one host->device copy for all the index lists (a copy per list costs a launch each on CUDA)
+        parts = [input_ids, positions, req_pool_indices, seq_lens, prefix_lens, extend_lens, logits_indices]
+        host = torch.cat([torch.tensor([x for part in parts for x in part], dtype=torch.int64),
+                          out_cache_loc.to(torch.int64).cpu()])
+        dev = host.to(device, non_blocking=True) if torch.device(device).type != "cpu" else host
+        sizes = [len(part) for part in parts] + [out_cache_loc.numel()]
+        (ids_t, pos_t, rows_t, seq_t, pre_t, ext_t, logit_t, loc_t) = dev.split(sizes)
+        return cls(mode=mode, input_ids=ids_t, positions=pos_t, out_cache_loc=loc_t, req_pool_indices=rows_t,
+                   seq_lens=seq_t, prefix_lens=pre_t, extend_lens=ext_t, seq_lens_cpu=seq_lens,
+                   prefix_lens_cpu=list(prefix_lens), extend_lens_cpu=list(extend_lens), req_to_token=req_to_token,
+                   logits_indices=logit_t, extra=extra or {})

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from .distributed.parallel_state import TPGroup, check_tp_size
 from .errors import KVCacheOOMError, ModelLoadError
 from .models.registry import MODEL_REGISTRY, resolve_model_class
 
@@ -104,6 +105,16 @@ def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
                 yield key, st.get_tensor(key)
 
 
+def iter_safetensors_slices(files: list[Path]) -> Iterator[tuple[str, Any]]:
+    """Lazy tensors: a tensor-parallel rank reads only its shard of each (``slice[a:b]``)."""
+    from safetensors import safe_open
+
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                yield key, st.get_slice(key)
+
+
 def load_hf_config(path: Path, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
@@ -144,7 +155,11 @@ def _default_dtype(dtype: torch.dtype):
 
 
 def load_model(model_path: str, *, load_format: str = "auto", dtype: str = "auto", device: str = "auto",
-               tokenizer_path: Optional[str] = None, trust_remote_code: bool = False, seed: int = 0) -> LoadedModel:
+               tokenizer_path: Optional[str] = None, trust_remote_code: bool = False, seed: int = 0,
+               tp: Optional[TPGroup] = None, with_tokenizer: bool = True) -> LoadedModel:
+    """``tp``: this rank's place in a tensor-parallel group (the model holds and reads only its shard);
+    ``with_tokenizer=False``: tensor-parallel workers need no tokenizer (``LoadedModel.tokenizer`` is None)."""
+    tp = tp or TPGroup()
     path = check_model_dir(model_path, load_format)
     cfg = load_hf_config(path, trust_remote_code)
     cls = resolve_model_class(getattr(cfg, "architectures", None))
@@ -153,11 +168,14 @@ def load_model(model_path: str, *, load_format: str = "auto", dtype: str = "auto
                              f"{path / 'config.json'}; supported: {', '.join(sorted(MODEL_REGISTRY))}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    tokenizer = load_tokenizer(path, tokenizer_path, load_format)
+    check_tp_size(cfg, tp.size)
+    tokenizer = load_tokenizer(path, tokenizer_path, load_format) if with_tokenizer else None
     try:
         with torch.device(dev), _default_dtype(dt):
-            model = cls(cfg)
-        if load_format == "dummy":
+            model = cls(cfg, tp=tp)
+        if load_format == "dummy" and tp.size > 1:
+            _dummy_shards(model, cls, cfg, dev, dt, seed)
+        elif load_format == "dummy":
             gen = torch.Generator(device=dev).manual_seed(seed)
             with torch.no_grad():
                 for name, p in model.named_parameters():
@@ -167,7 +185,9 @@ def load_model(model_path: str, *, load_format: str = "auto", dtype: str = "auto
                         p.normal_(0.0, 0.02, generator=gen)
         else:
             expected = {n for n, _ in model.named_parameters()}
-            loaded = model.load_weights((k, v) for k, v in iter_safetensors(weight_files(path)))
+            files = weight_files(path)
+            with torch.no_grad():
+                loaded = model.load_weights(iter_safetensors_slices(files) if tp.size > 1 else iter_safetensors(files))
             missing = expected - loaded
             if missing:
                 raise ModelLoadError(f"weights missing from the checkpoint in {str(path)!r}: {sorted(missing)[:5]}"
@@ -177,3 +197,19 @@ def load_model(model_path: str, *, load_format: str = "auto", dtype: str = "auto
                               "a smaller --dtype (bfloat16), or --tp-size > 1") from e
     model.eval().requires_grad_(False)
     return LoadedModel(model, tokenizer, cfg, str(path), dt, dev)
+
+
+def _dummy_shards(model: torch.nn.Module, cls, cfg, dev: torch.device, dt: torch.dtype, seed: int) -> None:
+    """Random weights equal to the single-GPU dummy model's, sharded: draw each full tensor in the same
+    order from the same generator (shapes from a weightless single-rank twin), keep this rank's shard."""
+    with torch.device("meta"), _default_dtype(dt):
+        twin = cls(cfg)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in twin.named_parameters():
+            if "norm" in name:
+                full = torch.ones(p.shape, dtype=dt, device=dev)
+            else:
+                full = torch.empty(p.shape, dtype=dt, device=dev).normal_(0.0, 0.02, generator=gen)
+            model.load_parameter(name, full)
+            del full

@@ -26,6 +26,10 @@ class Req:
     grammar: Any = None  # GrammarMatcher for constrained requests
     generator: Optional[torch.Generator] = None
     output_ids: list[int] = field(default_factory=list)
+    # grammar jump-forward (jump_forward.py): forced tokens proposed for the next step, unverified; they
+    # have no KV outside that step and are not part of output_ids (nor of what the prefix cache sees)
+    draft_ids: list[int] = field(default_factory=list)
+    draft_masks: Optional[torch.Tensor] = None  # grammar bitmask before each draft and after the last
     # KV bookkeeping (owned by the scheduler)
     row: Optional[int] = None  # ReqToTokenPool row while admitted
     kv_len: int = 0  # tokens of fill_ids whose KV is in the row
@@ -81,6 +85,9 @@ class Req:
         if self.wants_input_logprobs:
             limit = min(limit, max(self.logprob_start_len - 1, 0))
         return max(limit, 0)
+
+    def drop_drafts(self) -> None:
+        self.draft_ids, self.draft_masks = [], None
 
     @property
     def finished(self) -> bool:

@@ -176,7 +176,8 @@ def filter_top_k_top_p_min_p(probs: torch.Tensor, top_k: torch.Tensor, top_p: to
     k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab)).unsqueeze(1)
     keep = ranks < k
     cum = sorted_probs.cumsum(dim=-1)
-    keep &= (cum - sorted_probs) < top_p.unsqueeze(1)  # always keeps the first token
+    # top_p >= 1 is off: a float32 cumsum can reach 1 before the tail and would cut it
+    keep &= ((cum - sorted_probs) < top_p.unsqueeze(1)) | (top_p.unsqueeze(1) >= 1.0)
     keep &= sorted_probs >= min_p.unsqueeze(1) * sorted_probs[:, :1]
     keep[:, 0] = True  # the most likely token always survives (a top_p that rounds to 0, say)
     sorted_probs = sorted_probs * keep
@@ -184,14 +185,16 @@ def filter_top_k_top_p_min_p(probs: torch.Tensor, top_k: torch.Tensor, top_p: to
     return out / out.sum(dim=-1, keepdim=True)
 
 
-def sample(logits: torch.Tensor, rows: list[SamplingRow], generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Sample one token per row from processed float32 logits [B, V] (modified in place)."""
+def ban_tokens(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    """Set each row's banned ids (EOS/stop ids before min_new_tokens) to -inf, in place."""
     for i, row in enumerate(rows):
         if row.banned_ids:
             logits[i, list(row.banned_ids)] = float("-inf")
-    greedy = [r.params.is_greedy for r in rows]
-    if all(greedy):
-        return logits.argmax(dim=-1)
+
+
+def sampling_probs(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """The distribution ``sample`` draws from for non-greedy rows: temperature, then top-k / top-p /
+    min-p, from logits that already carry penalties, grammar masks and bans."""
     device = logits.device
     temps = torch.tensor([max(r.params.temperature, _GREEDY_EPS) for r in rows], device=device, dtype=logits.dtype)
     probs = torch.softmax(logits / temps.unsqueeze(1), dim=-1)
@@ -202,6 +205,16 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow], generator: Optional[to
             torch.tensor([r.params.top_p for r in rows], device=device, dtype=logits.dtype),
             torch.tensor([r.params.min_p for r in rows], device=device, dtype=logits.dtype),
         )
+    return probs
+
+
+def sample(logits: torch.Tensor, rows: list[SamplingRow], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Sample one token per row from processed float32 logits [B, V] (modified in place)."""
+    ban_tokens(logits, rows)
+    greedy = [r.params.is_greedy for r in rows]
+    if all(greedy):
+        return logits.argmax(dim=-1)
+    probs = sampling_probs(logits, rows)
     out = torch.multinomial(probs, 1, generator=generator).squeeze(1)
     for i, row in enumerate(rows):
         if greedy[i]:

@@ -15,7 +15,7 @@ import torch
 from .detokenizer import IncrementalDetokenizer
 from .events import EventBus, FinishEvent, StepEvent, TokenEvent
 from .forward_batch import ForwardBatch, ForwardMode
-from .jump_forward import plan_jump_forward
+from .jump_forward import DraftPlan, mask_admits_only, plan_drafts, verify_drafts
 from .kv_pool import KVPool, ReqToTokenPool
 from .model_runner import ModelRunner
 from .output import OutputBuilder
@@ -61,9 +61,12 @@ class Scheduler:
         self.cached_tokens_total = 0
         self.forward_tokens_total = 0
         self.extend_tokens_total = 0
-        # grammar jump-forward (jump_forward.py): forced text appended without a decode step per token
+        # grammar jump-forward (jump_forward.py): forced text appended or verified without a step per token
         self.enable_jump_forward = True
-        self.jump_forward_tokens_total = 0
+        self.jump_forward_tokens_total = 0  # tokens that took no step of their own
+        self.continuous_decode_steps = 1  # >1: greedy decode steps per graph launch (engine sets it on CUDA)
+        self.draft_tokens_total = 0  # drafts verified, and of those accepted
+        self.draft_tokens_accepted = 0
         self._recent: deque[tuple[float, int]] = deque(maxlen=256)
         self.last_batch: dict = {}
         self._last_num_tokens = 0
@@ -351,8 +354,9 @@ class Scheduler:
 
     # ------------------------------------------------------------------ decode
     def _decode_need(self) -> int:
-        """KV slots the next decode step writes: one per request, more for those that jumped forward."""
-        return sum(r.fill_len - r.kv_len for r in self.running)
+        """KV slots the next decode step writes: one per request, more for those with grammar-forced
+        tokens pending or drafts to verify."""
+        return sum(r.fill_len - r.kv_len + len(r.draft_ids) for r in self.running)
 
     def _schedule_decode(self) -> list[Req]:
         if not self.running:
@@ -360,6 +364,9 @@ class Scheduler:
         need = self._decode_need()
         if self.kv_pool.free_size < need:
             self.cache.evict(need - self.kv_pool.free_size)
+        if self.kv_pool.free_size < self._decode_need():
+            for req in self.running:  # drafts are optional: drop them before taking anyone's KV
+                req.drop_drafts()
         while self.kv_pool.free_size < self._decode_need() and len(self.running) > 1:
             self._retract_one()
             self.cache.evict(self._decode_need() - self.kv_pool.free_size)
@@ -380,19 +387,22 @@ class Scheduler:
         logger.info("retracted request %s (KV pool full); it will resume from the prefix cache", victim.rid)
 
     def _run_decode(self, batch: list[Req]) -> None:
-        if any(req.fill_len - req.kv_len > 1 for req in batch):
-            return self._run_decode_with_jumps(batch)
+        if any(req.fill_len - req.kv_len > 1 or req.draft_ids for req in batch):
+            return self._run_decode_with_drafts(batch)
+        if self.continuous_decode_steps > 1 and self._multi_step_ok(batch):
+            return self._run_decode_multi_step(batch)
         slots = self.kv_pool.alloc(len(batch))
         assert slots is not None
         input_ids, positions, rows, prefix_lens = [], [], [], []
-        for req, slot in zip(batch, slots.tolist()):
+        for req in batch:
             input_ids.append(req.fill_ids[-1])
             positions.append(req.kv_len)
             rows.append(req.row)
             prefix_lens.append(req.kv_len)
-            self.req_pool.table[req.row, req.kv_len] = slot
         fb = ForwardBatch.build(ForwardMode.DECODE, input_ids, positions, slots, rows, prefix_lens,
                                 [1] * len(batch), self.req_pool.table, list(range(len(batch))), self.device)
+        # each request's new slot goes into its table row: one scatter on the device, not one write each
+        self.req_pool.table[fb.req_pool_indices, fb.positions] = fb.out_cache_loc.to(torch.int32)
         logits = self.runner.forward(fb)
         self._decode_steps += 1
         if self._decode_steps % 64 == 0 and logger.isEnabledFor(logging.INFO):
@@ -405,11 +415,47 @@ class Scheduler:
             req.kv_len += 1
         self._sample_and_process(batch, logits)
 
-    def _run_decode_with_jumps(self, batch: list[Req]) -> None:
-        """A decode step where some requests carry several new tokens (text a grammar forced, see
-        jump_forward.py): one extend-mode forward over every request's pending tokens, logits at each
-        request's last token, so a jump costs no extra step."""
-        new_lens = [req.fill_len - req.kv_len for req in batch]
+    def _multi_step_ok(self, batch: list[Req]) -> bool:
+        """Several decode steps per launch (CUDA graphs) pay off when the host has nothing to do between
+        tokens: every request greedy and free of grammar, penalties, logprobs and pending min_new_tokens,
+        nobody waiting to be admitted, and room in the KV pool and the context for all the steps."""
+        k = self.continuous_decode_steps
+        if self.waiting or len(batch) > self.runner.multi_step_batch_limit():
+            return False
+        for r in batch:
+            p = r.params
+            if (not p.is_greedy or r.grammar is not None or r.return_logprob or p.needs_penalties
+                    or len(r.output_ids) < p.min_new_tokens or r.abort_requested
+                    or r.kv_len + k >= self.limits.max_context or len(r.output_ids) + 1 >= p.max_new_tokens):
+                return False
+        need = k * len(batch)
+        if self.kv_pool.free_size < need:
+            self.cache.evict(need - self.kv_pool.free_size)
+        return self.kv_pool.free_size >= need
+
+    def _run_decode_multi_step(self, batch: list[Req]) -> None:
+        """``continuous_decode_steps`` greedy tokens per request from one graph launch. The tokens are then
+        committed one at a time as single steps would; a request that stops early gives back the KV
+        slots of the steps it did not need (its output is the same as step-by-step decoding)."""
+        k, n = self.continuous_decode_steps, len(batch)
+        locs = self.kv_pool.alloc(k * n).view(k, n)
+        tokens = self.runner.decode_multi_step([r.fill_ids[-1] for r in batch], [r.kv_len for r in batch], locs,
+                                               [r.row for r in batch])
+        self._decode_steps += k
+        self._last_num_tokens = n
+        self.forward_tokens_total += k * n
+        added = 0
+        for i, req in enumerate(batch):
+            req.kv_len += k  # the steps wrote KV for the last token and the first k-1 new ones
+            added += self._commit(req, [tokens[j][i] for j in range(k)])
+        self._record_tokens(added)
+
+    def _run_decode_with_drafts(self, batch: list[Req]) -> None:
+        """A decode step where some requests carry several new tokens: grammar-forced tokens appended
+        without a step, and drafts to verify (jump_forward.py). One extend-mode forward over every
+        request's pending tokens and drafts, logits at each request's last pending token and at every
+        draft, so forced text costs no step of its own."""
+        new_lens = [req.fill_len - req.kv_len + len(req.draft_ids) for req in batch]
         slots = self.kv_pool.alloc(sum(new_lens))
         assert slots is not None
         input_ids, positions, rows, prefix_lens, logits_rows = [], [], [], [], []
@@ -417,129 +463,252 @@ class Scheduler:
         for req, n in zip(batch, new_lens):
             start = req.kv_len
             input_ids.extend(req.fill_ids[start:])
+            input_ids.extend(req.draft_ids)
             positions.extend(range(start, start + n))
             rows.append(req.row)
             prefix_lens.append(start)
             self.req_pool.write(req.row, start, slots[offset:offset + n])
             offset += n
-            logits_rows.append(offset - 1)
+            logits_rows.extend(range(offset - 1 - len(req.draft_ids), offset))
         fb = ForwardBatch.build(ForwardMode.EXTEND, input_ids, positions, slots, rows, prefix_lens, new_lens,
                                 self.req_pool.table, logits_rows, self.device)
         logits = self.runner.forward(fb)
         self._last_num_tokens = offset
         self.forward_tokens_total += offset
+        plain, plain_rows, drafted = [], [], []
+        row = 0
         for req, n in zip(batch, new_lens):
             req.kv_len += n
-        self._sample_and_process(batch, logits)
+            if req.draft_ids:
+                drafted.append((req, row))
+            else:
+                plain.append(req)
+                plain_rows.append(row)
+            row += len(req.draft_ids) + 1
+        if plain:
+            self._sample_and_process(plain, logits.index_select(0, torch.tensor(plain_rows, device=logits.device)))
+        added = 0
+        for req, row in drafted:
+            added += self._verify_and_process(req, logits[row:row + len(req.draft_ids) + 1])
+        self._record_tokens(added)
+
+    def _verify_and_process(self, req: Req, logits: torch.Tensor) -> int:
+        """Verify a request's drafts (their KV was just computed), give the rejected drafts' slots back,
+        and append the accepted drafts and the token after them. Returns the tokens added."""
+        drafts, masks = req.draft_ids, req.draft_masks
+        req.drop_drafts()
+        n = len(drafts)
+        logprobs = torch.log_softmax(logits, dim=-1) if req.return_logprob else None
+        try:
+            base = len(req.output_ids)
+            rows = [SamplingRow(req.params, req.prompt_ids, req.output_ids + drafts[:j],
+                                self._banned_ids(req, base + j, masks[j]), req.generator) for j in range(n + 1)]
+            accepted, token = verify_drafts(logits, drafts, masks, rows, self.generator)
+        except Exception as e:  # noqa: BLE001 - this request's grammar or sampling failed: it fails alone
+            self._truncate_kv(req, req.kv_len - n)
+            return self._commit(req, [], error=e)
+        self._truncate_kv(req, req.kv_len - n + accepted)
+        self.jump_forward_tokens_total += accepted
+        self.draft_tokens_total += n
+        self.draft_tokens_accepted += accepted
+        tokens = drafts[:accepted] + [token]
+        lps = self._token_logprobs(req, logprobs[:accepted + 1], tokens) if logprobs is not None else None
+        return self._commit(req, tokens, lps)
+
+    def _truncate_kv(self, req: Req, kv_len: int) -> None:
+        """Give back the KV slots of positions ``kv_len..`` (drafts rejected, or verified past a stop)."""
+        if kv_len >= req.kv_len:
+            return
+        assert kv_len >= req.cache_protected_len, "the prefix cache's slots are not the request's to free"
+        self.kv_pool.free(self.req_pool.read(req.row, req.kv_len, start=kv_len))
+        self.req_pool.table[req.row, kv_len:req.kv_len] = 0
+        req.kv_len = kv_len
 
     # ------------------------------------------------------------------ sampling and outputs
+    def _banned_ids(self, req: Req, num_output: int, mask_row: Optional[torch.Tensor] = None) -> tuple:
+        """Stop ids banned at an output position before min_new_tokens, unless the grammar allows nothing
+        else there (the grammar wins). ``mask_row``: that position's grammar bitmask, when precomputed."""
+        if num_output >= req.params.min_new_tokens:
+            return ()
+        stops = self.eos_ids | set(req.params.stop_token_ids)
+        if req.grammar is not None:
+            if mask_row is not None and mask_admits_only(mask_row, stops):
+                return ()
+            if mask_row is None and req.grammar.forced_stop_token() is not None:
+                return ()
+        return tuple(stops)
+
     def _sample_and_process(self, reqs: list[Req], logits: torch.Tensor) -> None:
         want_lp = any(r.return_logprob for r in reqs)
         logprobs = torch.log_softmax(logits, dim=-1) if want_lp else None
+        failed: dict[int, Exception] = {}  # a request whose grammar or sampling fails, fails alone
         rows = []
-        for r in reqs:
-            banned = ()
-            if len(r.output_ids) < r.params.min_new_tokens and not (
-                    r.grammar is not None and r.grammar.forced_stop_token() is not None):  # the grammar wins
-                banned = tuple(self.eos_ids | set(r.params.stop_token_ids))
+        for i, r in enumerate(reqs):
+            try:
+                banned = self._banned_ids(r, len(r.output_ids))
+            except Exception as e:  # noqa: BLE001
+                failed[i], banned = e, ()
             rows.append(SamplingRow(r.params, r.prompt_ids, r.output_ids, banned, r.generator))
         if any(r.params.needs_penalties for r in reqs):
             apply_penalties(logits, rows)
-        grammar_rows = [i for i, r in enumerate(reqs) if r.grammar is not None]
+        grammar_rows = [i for i, r in enumerate(reqs) if r.grammar is not None and i not in failed]
         if grammar_rows:
             from .constrained import allocate_token_bitmask, apply_token_bitmask
 
             bitmask = allocate_token_bitmask(len(reqs), logits.shape[-1])
             for i in grammar_rows:
-                reqs[i].grammar.fill_bitmask(bitmask, i)
-            apply_token_bitmask(logits, bitmask.to(logits.device), grammar_rows)
-        next_ids = sample(logits, rows, self.generator).tolist()
+                try:
+                    reqs[i].grammar.fill_bitmask(bitmask, i)
+                except Exception as e:  # noqa: BLE001
+                    failed[i] = e
+            apply_token_bitmask(logits, bitmask.to(logits.device), [i for i in grammar_rows if i not in failed])
+        next_ids = self._sample_rows(logits, rows, failed)
         lp_vals = top = None
         if logprobs is not None:
-            idx = torch.tensor(next_ids, device=logprobs.device).view(-1, 1)
+            idx = torch.tensor([max(t, 0) for t in next_ids], device=logprobs.device).view(-1, 1)
             lp_vals = logprobs.gather(1, idx).squeeze(1).tolist()
             k = max(r.top_logprobs_num for r in reqs)
             if k:
                 t = logprobs.topk(k, dim=-1)
                 top = (t.values.tolist(), t.indices.tolist())
-        now = time.perf_counter()
-        self._recent.append((now, len(reqs)))
-        self.generation_tokens_total += len(reqs)
+        added = 0
         for i, (req, tok) in enumerate(zip(reqs, next_ids)):
-            if req.first_token_time is None:
-                req.first_token_time = now
-            req.output_ids.append(tok)
-            lp = None
+            if i in failed:
+                self._commit(req, [], error=failed[i])
+                continue
+            lps = None
             if req.return_logprob and lp_vals is not None:
-                lp = lp_vals[i]
-                req.output_token_logprobs.append([lp, tok, None])
-                if req.top_logprobs_num and top is not None:
-                    n = req.top_logprobs_num
-                    req.output_top_logprobs.append([[v, t, None] for v, t in zip(top[0][i][:n], top[1][i][:n])])
-            self._process_token(req, tok, lp)
+                n = req.top_logprobs_num
+                lps = [(lp_vals[i], [[v, t, None] for v, t in zip(top[0][i][:n], top[1][i][:n])]
+                        if n and top is not None else None)]
+            added += self._commit(req, [tok], lps)
+        self._record_tokens(added)
 
-    def _process_token(self, req: Req, tok: int, lp: Optional[float]) -> None:
+    def _sample_rows(self, logits: torch.Tensor, rows: list[SamplingRow], failed: dict) -> list[int]:
+        """Sample the batch; if that fails (a row with nothing left to sample, say), row by row, so that
+        only the rows that fail are marked failed (token -1)."""
+        try:
+            return sample(logits, rows, self.generator).tolist()
+        except RuntimeError:
+            out = []
+            for i, row in enumerate(rows):
+                try:
+                    out.append(int(sample(logits[i:i + 1], [row], self.generator)[0]))
+                except RuntimeError as e:
+                    failed.setdefault(i, e)
+                    out.append(-1)
+            return out
+
+    def _token_logprobs(self, req: Req, logprobs: torch.Tensor, tokens: list[int]) -> list[tuple]:
+        """(logprob, top logprobs or None) of ``tokens[j]`` under row j of ``logprobs``."""
+        idx = torch.tensor(tokens, device=logprobs.device).view(-1, 1)
+        vals = logprobs.gather(1, idx).squeeze(1).tolist()
+        tops: list = [None] * len(tokens)
+        if req.top_logprobs_num:
+            t = logprobs.topk(req.top_logprobs_num, dim=-1)
+            tops = [[[v, i, None] for v, i in zip(vs, ids)] for vs, ids in zip(t.values.tolist(), t.indices.tolist())]
+        return list(zip(vals, tops))
+
+    def _record_tokens(self, n: int) -> None:
+        self._recent.append((time.perf_counter(), n))
+        self.generation_tokens_total += n
+
+    def _commit(self, req: Req, tokens: list[int], logprobs: Optional[list[tuple]] = None,
+                error: Optional[Exception] = None) -> int:
+        """Append one request's tokens of this step (accepted drafts, then the sampled one) one at a time,
+        as step-by-step decoding would, stopping at the first that ends the request; then what the grammar
+        forces next (certain tokens, a forced EOS) and the next drafts. A grammar or sampling ``error``
+        (raised here or given) aborts this request alone. Returns the tokens added."""
+        if req.first_token_time is None:
+            req.first_token_time = time.perf_counter()
+        new_ids: list[int] = []
         reason = None
-        new_ids = [tok]
-        if req.grammar is not None:
-            if not req.grammar.accept_token(tok):
-                reason = {"type": "abort", "message": f"token {tok} violates the request's grammar"}
-            elif self.enable_jump_forward and not req.return_logprob:
-                new_ids = self._grammar_jump_forward(req)
-                tok = new_ids[-1]
-        self.detok.append(req.detok, new_ids)
-        p = req.params
-        if reason is not None:
-            pass
-        elif len(req.output_ids) >= p.min_new_tokens and (
-                (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids):
-            reason = {"type": "stop", "matched": tok}
-        elif req.detok.matched_stop is not None:
-            reason = {"type": "stop", "matched": req.detok.matched_stop}
-        elif req.grammar is not None and req.grammar.is_terminated():
-            reason = {"type": "stop", "matched": None}
-        elif len(req.output_ids) >= p.max_new_tokens:
-            reason = {"type": "length", "length": p.max_new_tokens}
-        elif req.fill_len >= self.limits.max_context:
-            reason = {"type": "length", "length": len(req.output_ids), "message": "reached the context length"}
-        elif req.abort_requested:
+        try:
+            if error is not None:
+                raise error
+            for k, tok in enumerate(tokens):
+                new_ids.append(tok)
+                reason = self._append_token(req, tok, None if logprobs is None else logprobs[k])
+                if reason is not None:
+                    break
+            if reason is None and req.grammar is not None and self.enable_jump_forward:
+                plan = self._plan_jump_forward(req)
+                for tok in plan.certain:
+                    new_ids.append(tok)
+                    self.jump_forward_tokens_total += 1
+                    reason = self._append_token(req, tok, None)
+                    if reason is not None:
+                        break
+                if reason is None and plan.drafts:
+                    req.draft_ids, req.draft_masks = plan.drafts, plan.masks
+                elif reason is None:
+                    eos = self._forced_eos(req)
+                    if eos is not None:
+                        new_ids.append(eos)
+                        self.jump_forward_tokens_total += 1
+                        reason = self._append_token(req, eos, None)
+        except Exception as e:  # noqa: BLE001 - a broken grammar (or sampler) fails its request only
+            logger.warning("request %s failed: %r", req.rid, e)
+            reason = {"type": "abort", "message": f"constrained decoding failed: {type(e).__name__}: {e}"}
+        if reason is None and req.abort_requested:
             reason = {"type": "abort", "message": "aborted by the client"}
+        lps = [lp for lp, _ in logprobs[:len(new_ids)]] if logprobs else None
         if reason is None:
             delta = self.detok.take_delta(req.detok)
             if self.bus.active:
-                self.bus.emit(TokenEvent(req.rid, new_ids, delta, None if lp is None else [lp],
-                                         len(req.output_ids)))
+                self.bus.emit(TokenEvent(req.rid, new_ids, delta, lps, len(req.output_ids)))
             if req.stream and delta:
                 req.sink(self.output.chunk(req, delta, finished=False))
-            return
+            return len(new_ids)
+        req.drop_drafts()
+        if req.kv_len > req.fill_len:  # verified drafts past the stop: their KV goes back too
+            self._truncate_kv(req, req.fill_len)
         if req in self.running:
             self.running.remove(req)
-        self._finish(req, reason, last_ids=new_ids, last_logprobs=None if lp is None else [lp])
+        self._finish(req, reason, last_ids=new_ids, last_logprobs=lps)
+        return len(new_ids)
 
-    def _grammar_jump_forward(self, req: Req) -> list[int]:
-        """After the grammar accepted the sampled token: append the text it forces next (re-tokenising
-        the sampled token with it) and, when the grammar then allows nothing but EOS, the EOS itself.
-        Both are what sampling under the mask would produce with probability 1 (up to tokenisation, see
-        jump_forward.py), without a model step a token. Returns the tokens this step added."""
+    def _append_token(self, req: Req, tok: int, logprob: Optional[tuple]) -> Optional[dict]:
+        """Append one output token; returns the finish reason it causes, if any."""
+        req.output_ids.append(tok)
+        if logprob is not None:
+            req.output_token_logprobs.append([logprob[0], tok, None])
+            if req.top_logprobs_num and logprob[1] is not None:
+                req.output_top_logprobs.append(logprob[1])
+        violates = req.grammar is not None and not req.grammar.accept_token(tok)
+        self.detok.append(req.detok, [tok])
+        p = req.params
+        if violates:
+            return {"type": "abort", "message": f"token {tok} violates the request's grammar"}
+        if len(req.output_ids) >= p.min_new_tokens and (
+                (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids):
+            return {"type": "stop", "matched": tok}
+        if req.detok.matched_stop is not None:
+            return {"type": "stop", "matched": req.detok.matched_stop}
+        if req.grammar is not None and req.grammar.is_terminated():
+            return {"type": "stop", "matched": None}
+        if len(req.output_ids) >= p.max_new_tokens:
+            return {"type": "length", "length": p.max_new_tokens}
+        if req.fill_len >= self.limits.max_context:
+            return {"type": "length", "length": len(req.output_ids), "message": "reached the context length"}
+        return None
+
+    def _plan_jump_forward(self, req: Req) -> DraftPlan:
+        """The text the grammar forces next, as certain tokens (appended now) and drafts (verified by the
+        next step). Logprob requests get drafts only: every token they return needs the model's logits."""
         p = req.params
         budget = min(p.max_new_tokens - len(req.output_ids), self.limits.max_context - req.fill_len)
-        jf = plan_jump_forward(req.grammar, self.detok.tokenizer, req.output_ids, fresh_tokens=1,
-                               max_new_tokens=budget) if budget > 0 else None
-        added = 1
-        if jf is not None:
-            del req.output_ids[len(req.output_ids) - jf.rollback:]
-            req.output_ids.extend(jf.token_ids)
-            added += len(jf.token_ids) - jf.rollback
-        if (len(req.output_ids) < p.max_new_tokens and not p.ignore_eos
-                and len(req.output_ids) + 1 >= p.min_new_tokens
-                and req.fill_len < self.limits.max_context):
-            eos = req.grammar.forced_stop_token()
-            if eos is not None and eos in self.eos_ids and req.grammar.accept_token(eos):
-                req.output_ids.append(eos)
-                added += 1
-        self.jump_forward_tokens_total += added - 1
-        self.generation_tokens_total += added - 1
-        return req.output_ids[-added:]
+        return plan_drafts(req.grammar, self.detok.tokenizer, budget, allow_certain=not req.return_logprob)
+
+    def _forced_eos(self, req: Req) -> Optional[int]:
+        """The EOS the grammar forces now (nothing else is allowed): appended without a model step, as
+        sampling under the mask would pick it with probability 1."""
+        p = req.params
+        if (req.return_logprob or p.ignore_eos or len(req.output_ids) >= p.max_new_tokens
+                or len(req.output_ids) + 1 < p.min_new_tokens or req.fill_len >= self.limits.max_context):
+            return None
+        eos = req.grammar.forced_stop_token()
+        return eos if eos is not None and eos in self.eos_ids else None
 
     def _finish(self, req: Req, reason: dict, free: bool = True, last_ids: Optional[list[int]] = None,
                 last_logprobs: Optional[list[float]] = None) -> None:

@@ -41,6 +41,8 @@ _HELP = {
     "disable_flashinfer": "Never use FlashInfer (saves memory; slower first token).",
     "disable_cuda_graph": "Do not capture CUDA graphs for decode.",
     "cuda_graph_max_bs": "Largest decode batch captured as a CUDA graph.",
+    "num_continuous_decode_steps": "Greedy decode steps per CUDA-graph launch for small batches (default 4 on "
+                                   "CUDA; 1 = one step per launch). Output is unchanged; streams arrive in bursts.",
     "tp_size": "Tensor-parallel degree (GPUs).",
     "random_seed": "Seed of the sampler.",
     "disable_regex_jump_forward": "Decode grammar-forced text token by token instead of jumping forward.",

@@ -18,7 +18,7 @@ from sgl_jupyter.engine.constrained import (
     regex_for_choices,
 )
 from sgl_jupyter.engine.errors import InvalidRequestError
-from sgl_jupyter.engine.jump_forward import plan_jump_forward
+from sgl_jupyter.engine.jump_forward import plan_drafts
 
 SEED_REGEX = r'{"name": "[^"]+", "age": \d+}'
 EOS = 2  # <|im_end|> of SmolLM2-Instruct
@@ -278,43 +278,43 @@ def test_jump_forward_string_is_the_forced_text(backend, tokenizer):
     assert m.jump_forward() is None
 
 
-def test_plan_jump_forward_at_start_appends_the_canonical_tokens(backend, tokenizer):
+def test_plan_drafts_at_start_drafts_the_canonical_tokens_and_leaves_the_matcher(backend, tokenizer):
     m = backend.new_matcher(backend.compile("regex", SEED_REGEX))
-    jf = plan_jump_forward(m, tokenizer, [])
-    assert jf is not None and jf.rollback == 0
-    assert jf.token_ids == tokenizer.encode('{"name": "')
-    assert m.num_accepted == len(jf.token_ids) and m.jump_forward() is None
+    plan = plan_drafts(m, tokenizer, max_tokens=64)
+    assert plan.certain == [] and plan.drafts == tokenizer.encode('{"name": "')  # "{" or '{"' may start it
+    assert plan.masks.shape[0] == len(plan.drafts) + 1
+    assert m.num_accepted == 0 and m.jump_forward() == '{"name": "'
 
 
-def test_plan_jump_forward_retokenizes_the_fresh_token_with_the_forced_text(backend, tokenizer):
+def test_plan_drafts_appends_tokens_the_mask_admits_alone(backend, tokenizer):
     m = backend.new_matcher(backend.compile("regex", SEED_REGEX))
-    out = tokenizer.encode('{"name": "张三')
-    quote = tokenizer.encode('"')[0]
-    assert m.accept_token_ids(out + [quote])
-    out = out + [quote]
-    jf = plan_jump_forward(m, tokenizer, out, fresh_tokens=1)
-    assert jf is not None and jf.text == ', "age": '
-    new_out = out[: len(out) - jf.rollback] + jf.token_ids
-    assert tokenizer.decode(new_out) == '{"name": "张三", "age": '
-    assert jf.rollback == 1 and jf.token_ids[0] == tokenizer.encode('",')[0]  # '",' is one token
-    # the matcher is exactly where it would be after accepting new_out token by token
+    assert m.accept_token_ids(tokenizer.encode('{"name": "张三"'))
+    plan = plan_drafts(m, tokenizer, max_tokens=64)
+    forced = tokenizer.encode(', "age": ')
+    assert plan.certain == forced[:1] and plan.drafts == forced[1:]  # after '"' only "," fits; ' "age' could follow
+    # each mask row is what the matcher fills after accepting the tokens before it
     ref = backend.new_matcher(backend.compile("regex", SEED_REGEX))
-    assert ref.accept_token_ids(new_out)
-    assert m.num_accepted == ref.num_accepted
-    assert m.accept_token_ids(tokenizer.encode("28}")) and m.forced_stop_token() == EOS
+    assert ref.accept_token_ids(tokenizer.encode('{"name": "张三"') + plan.certain)
+    row = allocate_token_bitmask(1, len(tokenizer))
+    for j, tok in enumerate(plan.drafts + [None]):
+        ref.fill_bitmask(row, 0)
+        assert torch.equal(row[0], plan.masks[j])
+        assert tok is None or ref.accept_token(tok)
+    logprob_plan = plan_drafts(m, tokenizer, max_tokens=64, allow_certain=False)
+    assert logprob_plan.certain == [] and logprob_plan.drafts == forced
 
 
-def test_plan_jump_forward_without_fresh_tokens_never_rolls_back(backend, tokenizer):
-    m = backend.new_matcher(backend.compile("regex", SEED_REGEX))
-    out = tokenizer.encode('{"name": "张三"')
-    assert m.accept_token_ids(out)
-    jf = plan_jump_forward(m, tokenizer, out, fresh_tokens=0)
-    assert jf.rollback == 0 and tokenizer.decode(jf.token_ids) == ', "age": '
-
-
-def test_plan_jump_forward_returns_none_when_nothing_is_forced(backend, tokenizer):
+def test_plan_drafts_is_empty_when_nothing_is_forced(backend, tokenizer):
     m = backend.new_matcher(backend.compile("regex", r"(yes|no)"))
-    assert plan_jump_forward(m, tokenizer, []) is None and m.num_accepted == 0
+    plan = plan_drafts(m, tokenizer, max_tokens=64)
+    assert plan.certain == [] and plan.drafts == [] and plan.masks is None and m.num_accepted == 0
+
+
+def test_plan_drafts_respects_the_token_budget(backend, tokenizer):
+    m = backend.new_matcher(backend.compile("regex", SEED_REGEX))
+    plan = plan_drafts(m, tokenizer, max_tokens=2)
+    assert plan.certain + plan.drafts == tokenizer.encode('{"name": "')[:2] and m.num_accepted == 0
+    assert plan_drafts(m, tokenizer, max_tokens=0).drafts == []
 
 
 def test_json_schema_jump_forward_covers_fixed_keys(backend, tokenizer):
@@ -326,16 +326,6 @@ def test_json_schema_jump_forward_covers_fixed_keys(backend, tokenizer):
     assert m.jump_forward() == '{"customer_full_legal_name": "'
     assert m.accept_token_ids(tokenizer.encode('{"customer_full_legal_name": "Ann"'))
     assert m.jump_forward() == ', "customer_account_identifier": '
-
-
-def test_plan_jump_forward_respects_the_token_budget(backend, tokenizer):
-    forced = '{"name": "'
-    m = backend.new_matcher(backend.compile("regex", SEED_REGEX))
-    jf = plan_jump_forward(m, tokenizer, [], max_new_tokens=2)
-    assert jf.token_ids == tokenizer.encode(forced)[:2] and forced.startswith(jf.text) and jf.text != forced
-    assert m.num_accepted == 2 and m.jump_forward() == forced[len(jf.text):]
-    m2 = backend.new_matcher(backend.compile("regex", SEED_REGEX))
-    assert plan_jump_forward(m2, tokenizer, [], max_new_tokens=0) is None and m2.num_accepted == 0
 
 
 def test_string_length_bounds_compile_to_an_equivalent_fast_pattern(backend, tokenizer):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 
@@ -29,14 +30,20 @@ def available_backends(device: torch.device) -> list[str]:
     return names
 
 
-def choose_backend_name(requested: str, device: torch.device, disable_flashinfer: bool = False) -> str:
+def choose_backend_name(requested: str, device: torch.device, disable_flashinfer: bool = False,
+                        dtype: Optional[torch.dtype] = None) -> str:
+    """``auto``: FlashInfer when importable on CUDA (half precision only), else Triton on CUDA, else torch."""
     avail = available_backends(device)
+    half = dtype in (None, torch.float16, torch.bfloat16)
     if requested != "auto":
         if requested not in avail:
             raise ValueError(f"attention backend {requested!r} is not available on {device}; available: {avail}")
+        if requested == "flashinfer" and not half:
+            raise ValueError(f"FlashInfer has no {dtype} kernels: use --dtype bfloat16 or --attention-backend triton "
+                             "(float32)")
         return requested
     for name in ("flashinfer", "triton", "torch"):
-        if name in avail and not (name == "flashinfer" and disable_flashinfer):
+        if name in avail and not (name == "flashinfer" and (disable_flashinfer or not half)):
             return name
     return "torch"
 

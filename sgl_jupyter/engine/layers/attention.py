@@ -15,5 +15,4 @@ class PagedAttention(nn.Module):
         self.scale = head_dim ** -0.5
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
-        ctx = fb.extra["ctx"]
-        return ctx.attn_backend.forward(q, k, v, self.layer_id, fb, ctx.kv_pool, self.scale)
+        return fb.extra["attn"].forward(q, k, v, self.layer_id, fb, fb.extra["kv_pool"], self.scale)

@@ -1,10 +1,13 @@
-"""RMSNorm with an optional fused residual add (computed in float32, as HF does)."""
+"""RMSNorm with an optional fused residual add, rounded as HF Llama does (float32 norm). The math
+lives in ``sgl_jupyter.kernels.rmsnorm``: one Triton kernel on CUDA, the torch reference elsewhere."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
 from torch import nn
+
+from sgl_jupyter.kernels.rmsnorm import fused_add_rmsnorm, rmsnorm
 
 
 class RMSNorm(nn.Module):
@@ -13,15 +16,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
 
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
         """Without residual: norm(x). With residual: (norm(x + residual), x + residual)."""
         if residual is None:
-            return self._norm(x)
-        x = x + residual
-        return self._norm(x), x
+            return rmsnorm(x, self.weight, self.eps)
+        return fused_add_rmsnorm(x, residual, self.weight, self.eps)

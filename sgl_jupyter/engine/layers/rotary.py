@@ -52,17 +52,42 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_cache", emb.cos(), persistent=False)
         self.register_buffer("sin_cache", emb.sin(), persistent=False)
 
-    @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((-x2, x1), dim=-1)
+    def prepare(self, positions: torch.Tensor, dtype: torch.dtype) -> "RopeForBatch":
+        """Per-forward rotary state shared by all layers (cos/sin gathered once on CPU; on CUDA the
+        fused Triton kernel reads the caches directly, which CUDA graphs can capture)."""
+        if positions.is_cuda:
+            return RopeForBatch(positions, self.cos_cache, self.sin_cache, None, None)
+        cos = self.cos_cache[positions].unsqueeze(1).to(dtype)
+        sin = self.sin_cache[positions].unsqueeze(1).to(dtype)
+        return RopeForBatch(positions, self.cos_cache, self.sin_cache, cos, sin)
 
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """[T, 1, D] cos and sin for these positions: computed once per forward, shared by all layers."""
-        return (self.cos_cache[positions].unsqueeze(1).to(dtype), self.sin_cache[positions].unsqueeze(1).to(dtype))
 
-    @staticmethod
-    def apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """q [T, Hq, D], k [T, Hkv, D] -> rotated (same shapes)."""
-        rot = RotaryEmbedding._rotate_half
-        return q * cos + rot(q) * sin, k * cos + rot(k) * sin
+class RopeForBatch:
+    """Applies the rotation for one forward's positions: q [T, Hq, D], k [T, Hkv, D] -> rotated."""
+
+    __slots__ = ("positions", "cos_cache", "sin_cache", "cos", "sin")
+
+    def __init__(self, positions, cos_cache, sin_cache, cos, sin):
+        self.positions, self.cos_cache, self.sin_cache, self.cos, self.sin = positions, cos_cache, sin_cache, cos, sin
+
+    @property
+    def in_place(self) -> bool:
+        """True on CUDA, where ``rotate_heads_`` rotates heads in place with one kernel."""
+        return self.cos is None
+
+    def rotate_heads_(self, x: torch.Tensor) -> None:
+        """Rotate every head of x [T, H, D] (a view; last dim contiguous) in place."""
+        from sgl_jupyter.kernels.rope import rope_inplace
+
+        rope_inplace(x, self.positions, self.cos_cache, self.sin_cache)
+
+    def apply(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cos is None:  # CUDA: one fused kernel per tensor, in place on the qkv projection's views
+            from sgl_jupyter.kernels.rope import apply_rope_triton
+
+            return apply_rope_triton(q, k, self.positions, self.cos_cache, self.sin_cache, inplace=True)
+        # HF's exact op order (q*cos + rotate_half(q)*sin) so CPU greedy output equals HF token for token
+        x1, x2 = q.chunk(2, dim=-1)
+        y1, y2 = k.chunk(2, dim=-1)
+        return (q * self.cos + torch.cat((-x2, x1), dim=-1) * self.sin,
+                k * self.cos + torch.cat((-y2, y1), dim=-1) * self.sin)

@@ -1,5 +1,6 @@
 """Llama-family decoder (SmolLM2, Llama 2/3, Mistral) on packed tokens with a paged KV cache.
-Qwen2 (qkv bias) and Qwen3 (q/k RMSNorm) are the same network with two switches."""
+Qwen2 (qkv bias) and Qwen3 (q/k RMSNorm) are the same network with two switches.
+Under tensor parallelism (``tp``) each rank holds its heads, its slice of the MLP and of the vocabulary."""
 from __future__ import annotations
 
 from typing import Iterable, Optional
@@ -7,24 +8,31 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from ..distributed.parallel_state import TPGroup
 from ..forward_batch import ForwardBatch
 from ..layers.activation import SiluAndMul
 from ..layers.attention import PagedAttention
+from ..layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear, WeightSource,
+                             load_replicated)
 from ..layers.rmsnorm import RMSNorm
 from ..layers.rotary import RotaryEmbedding, rope_params
+from ..layers.vocab_parallel import ParallelLMHead, VocabParallelEmbedding, vocab_parallel_logits
 
 
 class DecoderAttention(nn.Module):
-    def __init__(self, cfg, layer_id: int, qkv_bias: bool, qk_norm: bool):
+    def __init__(self, cfg, layer_id: int, qkv_bias: bool, qk_norm: bool, tp: TPGroup):
         super().__init__()
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads
+        total_heads = cfg.num_attention_heads
+        total_kv_heads = getattr(cfg, "num_key_value_heads", None) or total_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // total_heads
+        self.num_heads = total_heads // tp.size
+        self.num_kv_heads = max(1, total_kv_heads // tp.size)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         bias = qkv_bias or bool(getattr(cfg, "attention_bias", False))
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=bool(getattr(cfg, "attention_bias", False)))
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, self.head_dim, total_heads, total_kv_heads, bias, tp)
+        self.o_proj = RowParallelLinear(total_heads * self.head_dim, cfg.hidden_size,
+                                        bool(getattr(cfg, "attention_bias", False)), tp)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if qk_norm else None
         self.attn = PagedAttention(layer_id, self.num_heads, self.num_kv_heads, self.head_dim)
@@ -36,18 +44,23 @@ class DecoderAttention(nn.Module):
         q = q.reshape(T, self.num_heads, self.head_dim)
         k = k.reshape(T, self.num_kv_heads, self.head_dim)
         v = v.reshape(T, self.num_kv_heads, self.head_dim)
+        rope = fb.extra["rope"]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = RotaryEmbedding.apply(q, k, *fb.extra["rope"])
+            q, k = rope.apply(q, k)
+        elif rope.in_place:  # q and k heads are adjacent in qkv: one kernel rotates both where they lie
+            rope.rotate_heads_(qkv[:, :self.q_size + self.kv_size].view(T, -1, self.head_dim))
+        else:
+            q, k = rope.apply(q, k)
         return self.o_proj(self.attn(q, k, v, fb))
 
 
 class DecoderMLP(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, tp: TPGroup):
         super().__init__()
         bias = bool(getattr(cfg, "mlp_bias", False))
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias, tp)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias, tp)
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,10 +68,10 @@ class DecoderMLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg, layer_id: int, qkv_bias: bool, qk_norm: bool):
+    def __init__(self, cfg, layer_id: int, qkv_bias: bool, qk_norm: bool, tp: TPGroup):
         super().__init__()
-        self.self_attn = DecoderAttention(cfg, layer_id, qkv_bias, qk_norm)
-        self.mlp = DecoderMLP(cfg)
+        self.self_attn = DecoderAttention(cfg, layer_id, qkv_bias, qk_norm, tp)
+        self.mlp = DecoderMLP(cfg, tp)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -76,37 +89,41 @@ class LlamaForCausalLM(nn.Module):
     qkv_bias = False
     qk_norm = False
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, tp: Optional[TPGroup] = None):
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, self.qkv_bias, self.qk_norm)
+        self.tp = tp = tp or TPGroup()
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, self.qkv_bias, self.qk_norm, tp)
                                     for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         theta, scaling = rope_params(cfg)
         self.rotary = RotaryEmbedding(head_dim, getattr(cfg, "max_position_embeddings", 8192), theta, scaling)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
-        self.lm_head = None if self.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = None if self.tie_word_embeddings else ParallelLMHead(cfg.vocab_size, cfg.hidden_size, tp)
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
+        """This rank's rows of the output projection (all of them without tensor parallelism)."""
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def forward(self, fb: ForwardBatch) -> torch.Tensor:
         """Final hidden states of the rows in ``fb.logits_indices`` (normed), [R, hidden]."""
         x = self.embed_tokens(fb.input_ids)
-        fb.extra["rope"] = self.rotary.cos_sin(fb.positions, x.dtype)
+        fb.extra["rope"] = self.rotary.prepare(fb.positions, x.dtype)
         residual = None
         for layer in self.layers:
             x, residual = layer(fb.positions, x, residual, fb)
-        x = x[fb.logits_indices]
-        residual = residual[fb.logits_indices]
+        if not fb.is_decode:  # decode asks for every row (logits_indices == arange): skip two gathers
+            x = x[fb.logits_indices]
+            residual = residual[fb.logits_indices]
         x, _ = self.norm(x, residual)
         return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(hidden, self.lm_head_weight.t())
+        """Full-vocabulary logits (gathered from every rank under tensor parallelism)."""
+        return vocab_parallel_logits(hidden, self.lm_head_weight, self.tp, self.config.vocab_size)
 
     # --- weights ----------------------------------------------------------------------------------
     _STACKED = {  # HF name fragment -> (our parameter, shard index)
@@ -114,34 +131,36 @@ class LlamaForCausalLM(nn.Module):
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
     }
 
-    def _shard_offsets(self, fused: str, layer: DecoderLayer) -> list[int]:
-        if fused == "qkv_proj":
-            a = layer.self_attn
-            return [0, a.q_size, a.q_size + a.kv_size, a.q_size + 2 * a.kv_size]
-        inter = layer.mlp.down_proj.in_features
-        return [0, inter, 2 * inter]
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Copy HF-named tensors into our (fused) parameters; returns our parameter names loaded."""
-        params = dict(self.named_parameters())
+    def load_weights(self, weights: Iterable[tuple[str, WeightSource]]) -> set[str]:
+        """Copy HF-named tensors (or safetensors slices: only this rank's shard is read) into our
+        (fused, sharded) parameters; returns our parameter names loaded."""
         loaded: set[str] = set()
-        for name, tensor in weights:
+        for name, src in weights:
             if "rotary_emb.inv_freq" in name:
                 continue
             name = name.removeprefix("model.")
             if name == "lm_head.weight" and self.lm_head is None:
                 continue  # tied
-            for frag, (fused, shard) in self._STACKED.items():
+            shard = None
+            for frag, (fused, shard_id) in self._STACKED.items():
                 if f".{frag}." in name:
-                    target = name.replace(f".{frag}.", f".{fused}.")
-                    layer = self.layers[int(name.split(".")[1])]
-                    offs = self._shard_offsets(fused, layer)
-                    params[target].data[offs[shard]:offs[shard + 1]].copy_(tensor)
-                    loaded.add(target)
+                    name, shard = name.replace(f".{frag}.", f".{fused}."), shard_id
                     break
-            else:
-                if name not in params:
-                    raise KeyError(f"unexpected weight {name!r} in checkpoint")
-                params[name].data.copy_(tensor)
-                loaded.add(name)
+            self.load_parameter(name, src, shard)
+            loaded.add(name)
         return loaded
+
+    def load_parameter(self, name: str, src: WeightSource, shard_id: Optional[int] = None) -> None:
+        """One parameter by our name; ``src`` is the full (single-GPU layout) tensor or one fused part."""
+        owner_name, _, leaf = name.rpartition(".")
+        try:
+            owner = self.get_submodule(owner_name)
+            param = getattr(owner, leaf)
+        except AttributeError:
+            raise KeyError(f"unexpected weight {name!r} in checkpoint") from None
+        if not isinstance(param, nn.Parameter):
+            raise KeyError(f"unexpected weight {name!r} in checkpoint")
+        if hasattr(owner, "load_weight"):
+            owner.load_weight(param, src, shard_id)
+        else:
+            load_replicated(param, src)

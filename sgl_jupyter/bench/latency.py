@@ -1,0 +1,200 @@
+"""bs=1 latency: time to first token and decode tokens/s for one request (input 128 / output 128 by
+default), against HF transformers in the same process and against the memory roofline.
+
+The roofline is what a bs=1 decode step cannot beat: every weight byte is read once per token, so
+tokens/s <= HBM bandwidth / weight bytes. The bandwidth is measured here, by a large device-to-device
+copy (bytes read + written over time), not taken from a datasheet. Peers (``--peers``):
+- ``hf``: ``model.generate`` with the default dynamic cache;
+- ``hf_static``: ``cache_implementation="static"`` + ``CompileConfig(mode="max-autotune-no-cudagraphs")``,
+  the strongest plain-HF path (compiles for minutes the first time).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import torch
+
+CONFIGS = Path(__file__).with_name("configs")
+SHAPES = {"llama3-8b": CONFIGS / "llama3_8b", "qwen2-7b": CONFIGS / "qwen2_7b"}
+
+
+def resolve_model_path(path: Optional[str]) -> Optional[str]:
+    """``llama3-8b`` / ``qwen2-7b`` name the shipped configs (for ``load_format="dummy"``)."""
+    return str(SHAPES[path]) if path in SHAPES else path
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 2 * 2**30, iters: int = 20) -> float:
+    """Bytes/s of a device-to-device copy, counting bytes read and written (the convention of the roofline)."""
+    if torch.device(device).type != "cuda":
+        raise ValueError("the roofline needs a CUDA device")
+    src = torch.empty(nbytes // 2, dtype=torch.float16, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    for _ in range(iters):
+        dst.copy_(src)
+    end.record()
+    end.synchronize()
+    seconds = start.elapsed_time(end) / 1e3 / iters
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * nbytes / seconds
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+@dataclass
+class LatencyConfig:
+    model_path: Optional[str] = None
+    load_format: str = "auto"
+    dtype: str = "auto"
+    device: str = "auto"
+    input_len: int = 128
+    output_len: int = 128
+    trials: int = 3
+    peers: tuple[str, ...] = ("hf",)
+    engine_kwargs: dict = field(default_factory=dict)
+
+
+def _engine_trial(engine, ids: list[int], output_len: int) -> dict:
+    """TTFT is the engine's own (request arrival to first sampled token, ``meta_info["ttft"]``): a
+    streamed chunk may carry no text yet (random weights, half a character), so it cannot time it."""
+    params = {"max_new_tokens": output_len, "temperature": 0, "ignore_eos": True}
+    t0 = time.perf_counter()
+    out = engine.generate(input_ids=ids, sampling_params=params)
+    total = time.perf_counter() - t0
+    n = out["meta_info"]["completion_tokens"]
+    ttft = out["meta_info"]["ttft"]
+    return {"ttft_ms": ttft * 1e3, "tokens": n, "seconds": total,
+            "decode_tok_per_s": (n - 1) / max(total - ttft, 1e-9)}
+
+
+class _FirstTokenTimer:
+    """A transformers streamer that notes when the first generated token arrives (TTFT for HF)."""
+
+    def __init__(self):
+        self.t_first: Optional[float] = None
+        self._calls = 0
+
+    def put(self, value) -> None:
+        self._calls += 1
+        if self._calls == 2 and self.t_first is None:  # the first put() is the prompt
+            self.t_first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def _hf_trial(model, ids: list[int], output_len: int, **gen_kwargs) -> dict:
+    x = torch.tensor([ids], device=model.device)
+    timer = _FirstTokenTimer()
+    torch.cuda.synchronize() if model.device.type == "cuda" else None
+    t0 = time.perf_counter()
+    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=output_len, min_new_tokens=output_len,
+                         do_sample=False, streamer=timer, pad_token_id=0, **gen_kwargs)
+    torch.cuda.synchronize() if model.device.type == "cuda" else None
+    total = time.perf_counter() - t0
+    n = out.shape[1] - x.shape[1]
+    ttft = (timer.t_first or t0) - t0
+    return {"ttft_ms": ttft * 1e3, "tokens": n, "seconds": total,
+            "decode_tok_per_s": (n - 1) / max(total - ttft, 1e-9)}
+
+
+def _best(trials: list[dict]) -> dict:
+    return max(trials, key=lambda r: r["decode_tok_per_s"])
+
+
+def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
+    from tqdm.auto import tqdm
+
+    from sgl_jupyter import Engine
+
+    from .hf_peers import load_hf
+
+    model_path = resolve_model_path(cfg.model_path)
+    kwargs = {"max_total_tokens": 16384, "max_running_requests": 8, **cfg.engine_kwargs}
+    engine = Engine(model_path, load_format=cfg.load_format, dtype=cfg.dtype, device=cfg.device, **kwargs)
+    rows: list[dict] = []
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(100, min(engine.vocab_size, 32000), (cfg.input_len,), generator=g).tolist()
+    steps = cfg.trials + 1 + len(cfg.peers) * (cfg.trials + 1)
+    bar = tqdm(total=steps, desc="latency", disable=not progress)
+    try:
+        model_path = engine.args.model_path  # None -> the embedded model's directory
+        wbytes = weight_bytes(engine.loaded.model)
+        _engine_trial(engine, ids, 8)  # warm-up (Triton jit, cuBLAS heuristics)
+        bar.update()
+        trials = []
+        for _ in range(cfg.trials):
+            engine.flush_cache()
+            trials.append(_engine_trial(engine, ids, cfg.output_len))
+            bar.update()
+        rows.append({"system": "sgl_jupyter engine", **_best(trials)})
+        info = {"attention": engine.attention_backend, "cuda_graphs": engine.runner.graphs is not None}
+        device, dtype = engine.device, engine.loaded.dtype
+    finally:
+        engine.shutdown()
+        del engine
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if cfg.peers:
+        from transformers import CompileConfig
+
+        hf = load_hf(model_path, str(device), dtype, cfg.load_format)
+        for peer in cfg.peers:
+            extra = {}
+            if peer == "hf_static":
+                extra = {"cache_implementation": "static",
+                         "compile_config": CompileConfig(mode="max-autotune-no-cudagraphs")}
+            elif peer != "hf":
+                raise ValueError(f"unknown peer {peer!r}; choose hf, hf_static")
+            _hf_trial(hf, ids, 8, **extra)  # warm-up (and the compile, for hf_static)
+            bar.update()
+            trials = []
+            for _ in range(cfg.trials):
+                trials.append(_hf_trial(hf, ids, cfg.output_len, **extra))
+                bar.update()
+            name = "HF generate" if peer == "hf" else "HF static cache + torch.compile"
+            rows.append({"system": name, **_best(trials)})
+        del hf
+    bar.close()
+    if device.type == "cuda":
+        bw = copy_bandwidth(device)
+        roof = bw / wbytes
+        rows.append({"system": f"roofline ({wbytes / 1e9:.2f} GB weights / {bw / 1e12:.2f} TB/s copy)",
+                     "ttft_ms": float("nan"), "tokens": cfg.output_len, "seconds": float("nan"),
+                     "decode_tok_per_s": roof})
+    df = pd.DataFrame(rows)
+    ours = df.loc[0, "decode_tok_per_s"]
+    df["engine_vs"] = ours / df["decode_tok_per_s"]  # engine's decode speed over this row's
+    df.attrs.update({"model": cfg.model_path, "dtype": str(dtype), "device": str(device), "weight_bytes": wbytes,
+                     "input_len": cfg.input_len, "output_len": cfg.output_len, **info})
+    return df
+
+
+def plot(df: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.barh(df["system"], df["decode_tok_per_s"], color=["C0"] + ["C7"] * (len(df) - 1))
+    ax.set_xlabel("bs=1 decode tokens/s")
+    ax.invert_yaxis()
+    ax.set_title(f"decode latency: {df.attrs.get('model', '')}")
+    fig.tight_layout()
+    return fig
+
+
+def run_cli(args) -> pd.DataFrame:
+    peers = tuple(p for p in (args.peers or "hf").split(",") if p)
+    return run(LatencyConfig(model_path=args.model_path, load_format=args.load_format, dtype=args.dtype,
+                             device=args.device, input_len=args.input_len, output_len=args.output_len,
+                             peers=peers))

@@ -1,0 +1,166 @@
+"""Decode forwards replayed from CUDA graphs.
+
+A decode step of a small batch is a few hundred tiny kernels whose launch cost exceeds their run
+time; replaying a captured graph launches them all at once. Graphs are captured at start-up for a
+ladder of batch sizes up to ``cuda_graph_max_bs`` over static input buffers; a batch is padded up
+to the next captured size (padding rows write to the scratch KV slot 0 and their logits are
+dropped). Capture needs an attention backend whose decode path makes no host sync and no
+allocation (the Triton backend); the KV pool and request table already exist, so the graphs read
+them in place."""
+from __future__ import annotations
+
+import bisect
+import logging
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from .forward_batch import ForwardBatch, ForwardMode
+
+if TYPE_CHECKING:
+    from .attention.base import AttentionBackend
+
+logger = logging.getLogger(__name__)
+
+
+def capture_batch_sizes(max_bs: int) -> list[int]:
+    """1, 2, 4, 8, then every 8 up to ``max_bs`` (SGLang's ladder; padding wastes at most 7 rows)."""
+    sizes = [b for b in (1, 2, 4) if b < max_bs] + list(range(8, max_bs + 1, 8))
+    if not sizes or sizes[-1] != max_bs:
+        sizes.append(max_bs)
+    return sorted(set(sizes))
+
+
+class CudaGraphRunner:
+    def __init__(self, forward_eager: Callable[[ForwardBatch], torch.Tensor], backend: "AttentionBackend",
+                 req_to_token: torch.Tensor, max_bs: int, device: torch.device, progress: bool = False):
+        self.forward_eager, self.backend, self.req_to_token = forward_eager, backend, req_to_token
+        self.device = device
+        self.batch_sizes = capture_batch_sizes(max_bs)
+        self.max_bs = self.batch_sizes[-1]
+        n = self.max_bs
+        z = lambda: torch.zeros(n, dtype=torch.int64, device=device)  # noqa: E731
+        self.input_ids, self.positions, self.out_cache_loc, self.req_pool_indices = z(), z(), z(), z()
+        self.seq_lens = torch.ones(n, dtype=torch.int64, device=device)
+        self.prefix_lens = z()
+        self.extend_lens = torch.ones(n, dtype=torch.int64, device=device)
+        self.logits_indices = torch.arange(n, dtype=torch.int64, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        if hasattr(backend, "init_cuda_graph_state"):
+            backend.init_cuda_graph_state(self.max_bs)
+        self._capture_all(progress)
+
+    def _static_batch(self, bs: int) -> ForwardBatch:
+        return ForwardBatch(
+            mode=ForwardMode.DECODE, input_ids=self.input_ids[:bs], positions=self.positions[:bs],
+            out_cache_loc=self.out_cache_loc[:bs], req_pool_indices=self.req_pool_indices[:bs],
+            seq_lens=self.seq_lens[:bs], prefix_lens=self.prefix_lens[:bs], extend_lens=self.extend_lens[:bs],
+            seq_lens_cpu=[1] * bs, prefix_lens_cpu=[0] * bs, extend_lens_cpu=[1] * bs,
+            req_to_token=self.req_to_token, logits_indices=self.logits_indices[:bs])
+
+    def _capture_all(self, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream(self.device)
+        sizes = list(reversed(self.batch_sizes))  # largest first: smaller graphs reuse its memory
+        for bs in tqdm(sizes, desc="capturing CUDA graphs", disable=not progress, leave=False):
+            fb = self._static_batch(bs)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up: Triton autotune/jit and cuBLAS workspaces happen outside capture
+                    self.forward_eager(self._static_batch(bs))
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool, stream=stream):
+                out = self.forward_eager(fb)
+            self.graphs[bs], self.outputs[bs] = graph, out
+        torch.cuda.synchronize(self.device)
+        logger.info("captured CUDA graphs for decode batch sizes %s", self.batch_sizes)
+
+    # ------------------------------------------------------------------ several decode steps per replay
+    def capture_multi_step(self, steps: int, max_bs: int, progress: bool = False) -> None:
+        """Graphs that run ``steps`` greedy decode steps back to back, each step's argmax feeding the next
+        step's input on the device: the host pays one launch and one sync for ``steps`` tokens. SGLang's
+        ``--num-continuous-decode-steps``; only for requests whose next token needs no host work (greedy,
+        no grammar, penalties or logprobs), see Scheduler._multi_step_ok."""
+        from tqdm.auto import tqdm
+
+        self.steps = steps
+        sizes = [b for b in self.batch_sizes if b <= max_bs] or [self.batch_sizes[0]]
+        n = self.max_bs
+        self.ms_ids = torch.zeros(steps + 1, n, dtype=torch.int64, device=self.device)
+        self.ms_pos = torch.zeros(steps, n, dtype=torch.int64, device=self.device)
+        self.ms_loc = torch.zeros(steps, n, dtype=torch.int64, device=self.device)
+        self.ms_seq = torch.ones(steps, n, dtype=torch.int64, device=self.device)
+        self.ms_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream(self.device)
+
+        def run_steps(bs: int) -> None:
+            for j in range(steps):
+                fb = ForwardBatch(
+                    mode=ForwardMode.DECODE, input_ids=self.ms_ids[j, :bs], positions=self.ms_pos[j, :bs],
+                    out_cache_loc=self.ms_loc[j, :bs], req_pool_indices=self.req_pool_indices[:bs],
+                    seq_lens=self.ms_seq[j, :bs], prefix_lens=self.prefix_lens[:bs], extend_lens=self.extend_lens[:bs],
+                    seq_lens_cpu=[1] * bs, prefix_lens_cpu=[0] * bs, extend_lens_cpu=[1] * bs,
+                    req_to_token=self.req_to_token, logits_indices=self.logits_indices[:bs])
+                self.ms_ids[j + 1, :bs].copy_(self.forward_eager(fb).argmax(dim=-1))
+
+        for bs in tqdm(list(reversed(sizes)), desc=f"capturing {steps}-step decode graphs", disable=not progress,
+                       leave=False):
+            self.req_pool_indices.zero_()
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                run_steps(bs)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool, stream=stream):
+                run_steps(bs)
+            self.ms_graphs[bs] = graph
+        self.ms_max_bs = max(sizes)
+        torch.cuda.synchronize(self.device)
+
+    def replay_multi_step(self, input_ids: list[int], positions: list[int], locs: torch.Tensor,
+                          rows: list[int]) -> list[list[int]]:
+        """``steps`` greedy tokens per request: [steps][B] on the host. ``positions`` are each request's
+        first new position; ``locs`` [steps, B] the KV slots of the steps (already in the request table)."""
+        bs, k = len(input_ids), self.steps
+        gbs = min(b for b in self.ms_graphs if b >= bs)
+        pos = torch.tensor(positions, dtype=torch.int64).view(1, bs) + torch.arange(k).view(k, 1)
+        host = torch.cat([torch.tensor(input_ids + rows, dtype=torch.int64), pos.flatten(),
+                          locs.to(torch.int64).flatten()])
+        dev = host.to(self.device, non_blocking=True)
+        ids_t, rows_t, pos_t, loc_t = dev.split([bs, bs, k * bs, k * bs])
+        if gbs != bs:
+            self.ms_pos[:, bs:gbs].fill_(0)
+            self.ms_loc[:, bs:gbs].fill_(0)
+            self.ms_seq[:, bs:gbs].fill_(1)
+            self.req_pool_indices[bs:gbs].fill_(0)
+        self.ms_ids[0, :bs].copy_(ids_t)
+        self.req_pool_indices[:bs].copy_(rows_t)
+        self.ms_pos[:, :bs].copy_(pos_t.view(k, bs))
+        self.ms_loc[:, :bs].copy_(loc_t.view(k, bs))
+        self.ms_seq[:, :bs].copy_(pos_t.view(k, bs) + 1)
+        self.req_to_token[rows_t.repeat(k), pos_t] = loc_t.to(self.req_to_token.dtype)
+        self.ms_graphs[gbs].replay()
+        return self.ms_ids[1:, :bs].tolist()
+
+    def can_run(self, fb: ForwardBatch) -> bool:
+        return fb.is_decode and fb.batch_size <= self.max_bs
+
+    def replay(self, fb: ForwardBatch) -> torch.Tensor:
+        bs = fb.batch_size
+        gbs = self.batch_sizes[bisect.bisect_left(self.batch_sizes, bs)]
+        if gbs != bs:  # padding rows: token 0 at position 0, written to the scratch slot, seeing one key
+            for buf, fill in ((self.input_ids, 0), (self.positions, 0), (self.out_cache_loc, 0),
+                              (self.req_pool_indices, 0), (self.seq_lens, 1)):
+                buf[bs:gbs].fill_(fill)
+        self.input_ids[:bs].copy_(fb.input_ids)
+        self.positions[:bs].copy_(fb.positions)
+        self.out_cache_loc[:bs].copy_(fb.out_cache_loc)
+        self.req_pool_indices[:bs].copy_(fb.req_pool_indices)
+        self.seq_lens[:bs].copy_(fb.seq_lens)
+        self.graphs[gbs].replay()
+        return self.outputs[gbs][:bs]
