@@ -1,9 +1,10 @@
 """Kernel side of the JupyterLab engine panel: comm target ``sgl_jupyter.panel``.
 
 The front end opens a comm; the kernel answers with the current stats and then pushes
-``{"type": "stats", "data": {...}}`` at most every 0.5 s while the numbers change. The front end may send
-``{"type": "flush"}``, ``{"type": "refresh"}``, ``{"type": "show_tree"}`` or ``{"type": "tree"}`` (answered with
-``{"type": "tree", "data": <cache_snapshot>}``).
+``{"type": "stats", "data": {...}}`` at most every 0.5 s while the numbers change. The front end
+(labextension/src/panel/connection.ts) may send ``{"type": "flush"}`` (answered with
+``{"type": "flushed", "data": {"ok": bool}}`` and fresh stats), ``{"type": "refresh"}`` or ``{"type": "tree"}``
+(answered with ``{"type": "tree", "data": <cache_snapshot>}``, or ``"data": None`` and an ``"error"``).
 """
 from __future__ import annotations
 
@@ -106,16 +107,14 @@ class PanelComm:
             ok = self.session.flush_cache() if self.session.kind is not None else False
             comm.send({"type": "flushed", "data": {"ok": ok}})
             self._send_stats(comm, force=True)
-        elif kind in ("tree", "show_tree"):
-            if kind == "show_tree":
-                return  # the front end opens its own radix view and then asks for {"type": "tree"}
+        elif kind == "tree":
             if self.session.engine is None:
                 comm.send({"type": "tree", "data": None, "error": "no in-process engine: run %sgl_load"})
             else:
                 comm.send({"type": "tree", "data": self.session.engine.cache_snapshot()})
         else:
             comm.send({"type": "error", "data": {"message": f"unknown panel message type {kind!r}; expected "
-                                                            "refresh, flush, show_tree or tree"}})
+                                                            "refresh, flush or tree"}})
 
     def _send_stats(self, comm: Any, force: bool = False) -> None:
         stats = panel_stats(self.session)

@@ -1,10 +1,9 @@
 """The live widgets: TokenStream, RadixTreeView, ThroughputChart (anywidget classes).
 
-Their synced traits are the contract with the front end (labextension/src/widgets/*.ts, built into
-``static/<name>.js``; see the widget contract in docs). Where the built module is missing (a source
-checkout without the labextension build) a small module from ``esm_fallback/`` renders the same data
-plainly. Every widget also has a static rendering (`_repr_mimebundle_`: text/plain, text/html, and a PNG
-for the chart) so plain IPython, nbconvert and notebooks saved without widget state show the content.
+Their synced traits are the contract with the front end (labextension/src/widgets/*.ts, built by every
+install of the package into ``static/<name>.js``; see the widget contract in docs/architecture.md). Every
+widget also has a static rendering (`_repr_mimebundle_`: text/plain, text/html, and a PNG for the chart) so
+plain IPython, nbconvert and notebooks saved without widget state show the content.
 
 Widgets only hold state; the feeds in `feeds.py` fill them from engine and program events, calling
 `push()` at most ~20 times a second.
@@ -25,17 +24,21 @@ from . import fallback
 
 _HERE = Path(__file__).parent
 STATIC_DIR = _HERE / "static"
-FALLBACK_DIR = _HERE / "esm_fallback"
+
+
+class FrontendNotBuiltError(FileNotFoundError):
+    """The widget ES modules are missing: this copy of the package was not installed with its front-end build."""
 
 
 def esm_path(name: str) -> Path:
-    """The front-end module for widget `name`: the labextension build, else the plain fallback."""
-    built = STATIC_DIR / f"{name}.js"
-    return built if built.is_file() else FALLBACK_DIR / f"{name}.js"
-
-
-def uses_fallback(name: str) -> bool:
-    return not (STATIC_DIR / f"{name}.js").is_file()
+    """The built front-end module of widget `name` (labextension/src/widgets/<name>.ts)."""
+    path = STATIC_DIR / f"{name}.js"
+    if not path.is_file():
+        raise FrontendNotBuiltError(
+            f"the {name} widget's front end ({path}) is missing: sgl_jupyter was not installed with its front-end "
+            "build (e.g. it is imported from a source checkout through PYTHONPATH). Install it with Node.js >= 20 "
+            "on PATH: `pip install -e .` in the checkout, or `bash scripts/setup.sh`.")
+    return path
 
 
 class LiveWidget(anywidget.AnyWidget):

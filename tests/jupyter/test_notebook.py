@@ -60,7 +60,7 @@ def _cells(port: int) -> list[str]:
         f"%load_ext {ext_name()}",
         "%sgl_load --max-total-tokens 4096 --device cpu",
         # seed 4.1
-        r'''%%sgl --seed 0 --out info_state
+        r'''%%sgl --temperature 0 --out info_state
 json_schema = r'{"name": "[^"]+", "age": \d+}'
 s += user("请根据以下信息生成用户资料:张三,28岁") + assistant(gen("info", regex=json_schema))''',
         "from sgl_jupyter.jupyter import get_session\nengine = get_session().engine\nfinished = []\n"
