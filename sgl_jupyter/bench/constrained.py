@@ -58,28 +58,32 @@ def _timed(engine, prompts: Sequence[str], params: list[dict]) -> tuple[list[dic
     return outs, time.perf_counter() - t0, time.process_time() - c0, engine.runner.forward_calls - steps
 
 
-def _valid_fraction(outs: list[dict], schema: dict) -> float:
+def schema_valid(text: str, schema: dict) -> bool:
+    """Whether ``text``, as it is, parses as JSON that satisfies ``schema``."""
     import jsonschema
 
-    ok = 0
-    for o in outs:
-        try:
-            jsonschema.validate(json.loads(o["text"]), schema)
-            ok += 1
-        except (ValueError, jsonschema.ValidationError):
-            pass
-    return ok / max(len(outs), 1)
+    try:
+        jsonschema.validate(json.loads(text), schema)
+        return True
+    except (ValueError, jsonschema.ValidationError):
+        return False
+
+
+def _valid_fraction(outs: list[dict], schema: dict) -> float:
+    return sum(schema_valid(o["text"], schema) for o in outs) / max(len(outs), 1)
 
 
 def benchmark_constrained(engine=None, *, batch_size: int = 16, max_new_tokens: int = 64, repeats: int = 3,
                           schema: Optional[dict] = None, jump_forward: Sequence[bool] = (False, True),
-                          verbose: bool = True) -> pd.DataFrame:
+                          verbose: bool = True, progress: bool = True) -> pd.DataFrame:
     """Throughput of a JSON-schema-constrained batch vs the same batch unconstrained (greedy).
 
     Returns one row per timed run. Runs come in back-to-back pairs (order alternating) and each pair
     gives a ratio; ``df.attrs["ratio"]`` maps ``jump_forward`` -> the median over pairs of constrained
     tokens/s over free tokens/s (wall clock), ``df.attrs["cpu_ratio"]`` the same per CPU second.
     """
+    from tqdm.auto import tqdm
+
     from sgl_jupyter import Engine
 
     schema = schema or PROFILE_SCHEMA
@@ -87,6 +91,7 @@ def benchmark_constrained(engine=None, *, batch_size: int = 16, max_new_tokens: 
     if own:
         engine = Engine()
     rows: list[dict] = []
+    bar = tqdm(total=2 * repeats * len(jump_forward), desc="constrained vs free", disable=not progress)
     try:
         prompts = profile_prompts(engine.tokenizer, batch_size)
         cparams = [{"json_schema": schema, "temperature": 0, "max_new_tokens": max_new_tokens}] * batch_size
@@ -98,6 +103,7 @@ def benchmark_constrained(engine=None, *, batch_size: int = 16, max_new_tokens: 
                 # alternate the order so that neither mode always runs on a warmer machine
                 runs = ["constrained", "free"] if rep % 2 == 0 else ["free", "constrained"]
                 for mode in runs:
+                    bar.set_description(f"{mode}, jump-forward {'on' if jf else 'off'}")
                     if mode == "constrained":
                         outs, secs, cpu, steps = _timed(engine, prompts, cparams)
                         lengths = [o["meta_info"]["completion_tokens"] for o in outs]
@@ -111,7 +117,9 @@ def benchmark_constrained(engine=None, *, batch_size: int = 16, max_new_tokens: 
                                  "completion_tokens": tokens, "forward_steps": steps, "seconds": secs,
                                  "cpu_seconds": cpu, "tokens_per_s": tokens / secs,
                                  "tokens_per_cpu_s": tokens / cpu, "valid_fraction": valid})
+                    bar.update(1)
     finally:
+        bar.close()
         set_jump_forward(engine, True)
         if own:
             engine.shutdown()
@@ -124,6 +132,23 @@ def benchmark_constrained(engine=None, *, batch_size: int = 16, max_new_tokens: 
             print(f"constrained/free throughput ratio (jump_forward={'on' if jf else 'off'}): {r:.3f} wall, "
                   f"{df.attrs['cpu_ratio'][jf]:.3f} per CPU second")
     return df
+
+
+def plot(df: pd.DataFrame):
+    """Tokens/s of the constrained and the free batch (median over repeats), per jump-forward setting."""
+    import matplotlib.pyplot as plt
+
+    med = df.groupby(["jump_forward", "mode"]).tokens_per_s.median().unstack("mode")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    med.index = [f"jump-forward {'on' if jf else 'off'}" for jf in med.index]
+    med[["free", "constrained"]].plot.bar(ax=ax, rot=0, color=["tab:gray", "tab:green"])
+    for jf, r in df.attrs.get("ratio", {}).items():
+        x = list(med.index).index(f"jump-forward {'on' if jf else 'off'}")
+        ax.annotate(f"{r:.2f}x", (x, med.iloc[x].max()), ha="center", va="bottom")
+    ax.set(ylabel="tokens/s", title="JSON-schema constrained vs free decoding (same shape)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def _pair_ratios(df: pd.DataFrame, column: str) -> dict:

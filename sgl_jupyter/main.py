@@ -1,0 +1,163 @@
+"""The main job (``bash scripts/start.sh``): JupyterLab, with the sgl_jupyter extension, on
+``notebooks/quickstart.ipynb`` at 127.0.0.1; with ``--headless`` it executes every notebook instead, on a
+real kernel of this Python, and writes HTML copies with their outputs, printing their paths.
+
+    python -m sgl_jupyter.main                      # JupyterLab on http://127.0.0.1:8888
+    python -m sgl_jupyter.main --headless --quick   # CI sizes; HTML under artifacts/notebooks/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+# the order a reader follows (and the headless run executes)
+ORDER = ("quickstart", "radix_multiturn", "structured_output", "throughput", "serving")
+KERNEL_NAME = "sgl-jupyter"
+QUICK_ENV = "SGL_NOTEBOOK_QUICK"  # notebooks read it: "1" = the small CI sizes
+
+
+def install_kernelspec() -> str:
+    """Register a kernel that runs this very Python (the project's virtualenv) in its prefix; returns its name.
+    The notebooks say ``python3``; the headless run and the tests name this one, so they can never pick up
+    another interpreter's ipykernel."""
+    spec_dir = Path(sys.prefix) / "share" / "jupyter" / "kernels" / KERNEL_NAME
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": f"Python {sys.version_info.major}.{sys.version_info.minor} (sgl_jupyter)",
+            "language": "python", "metadata": {"debugger": True}}
+    path = spec_dir / "kernel.json"
+    if not path.is_file() or json.loads(path.read_text()) != spec:
+        spec_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(spec, indent=1))
+    return KERNEL_NAME
+
+
+def notebook_paths(directory: Path = NOTEBOOKS) -> list[Path]:
+    """The notebooks of ``directory``: those of ``ORDER`` first, in that order, then any others."""
+    found = {p.stem: p for p in sorted(directory.glob("*.ipynb"))}
+    return [found.pop(name) for name in ORDER if name in found] + list(found.values())
+
+
+def static_copy(nb):
+    """``nb`` as a page without a live kernel shows it: no widget state, so every widget output falls back
+    to its static rendering (our widgets have one: the radix tree, token streams, the throughput chart), and
+    widgets without one (sliders, progress bars; their text form is a stale repr) left out."""
+    import copy
+
+    WIDGET = "application/vnd.jupyter.widget-view+json"
+    nb = copy.deepcopy(nb)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs
+                            if WIDGET not in o.get("data", {}) or set(o["data"]) - {WIDGET, "text/plain"}]
+    return nb
+
+
+def execute_notebook(path: Path, out_dir: Path, kernel_name: str, timeout: int = 900) -> dict:
+    """Execute one notebook (working directory: its folder) and write ``NAME.ipynb`` and ``NAME.html`` with
+    the outputs into ``out_dir``, also when a cell fails. Returns name, paths, seconds, error (or None)."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, store_widget_state=True,
+                            coalesce_streams=True, resources={"metadata": {"path": str(path.parent)}})
+    t0 = time.perf_counter()
+    error: Optional[str] = None
+    try:
+        client.execute()
+    except CellExecutionError as e:
+        error = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # the traceback's terminal colours
+    except Exception as e:  # noqa: BLE001 - a dead kernel or a timeout: report it with this notebook
+        error = f"{type(e).__name__}: {e}"
+    seconds = time.perf_counter() - t0
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    nb.metadata["sgl_jupyter"] = {"seconds": round(seconds, 1), "error": error,
+                                  "kernel_argv": KernelSpecManager().get_kernel_spec(kernel_name).argv}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ipynb, html = out_dir / f"{path.stem}.ipynb", out_dir / f"{path.stem}.html"
+    nbformat.write(nb, ipynb)
+    body, _ = HTMLExporter().from_notebook_node(static_copy(nb))
+    html.write_text(body, encoding="utf-8")
+    return {"name": path.stem, "html": html, "ipynb": ipynb, "seconds": seconds, "error": error}
+
+
+def run_headless(paths: Sequence[Path], out_dir: Path, quick: bool = False, timeout: int = 900) -> list[dict]:
+    """Execute ``paths`` one after another; print each HTML path (and the first error) as it is written."""
+    if quick:
+        os.environ[QUICK_ENV] = "1"  # the kernel inherits it
+    kernel = install_kernelspec()
+    results = []
+    for path in paths:
+        print(f"[headless] executing {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} ...",
+              flush=True)
+        r = execute_notebook(path, out_dir, kernel, timeout)
+        status = "ok" if r["error"] is None else "FAILED"
+        print(f"[headless] {status} in {r['seconds']:.0f}s: {r['html']}", flush=True)
+        if r["error"]:
+            print(r["error"].strip()[-3000:], file=sys.stderr, flush=True)
+        results.append(r)
+    return results
+
+
+def start_lab(port: int, open_browser: bool, notebook: Path) -> None:
+    """Replace this process with JupyterLab serving the repository, opened on ``notebook``."""
+    import secrets
+
+    install_kernelspec()
+    token = secrets.token_hex(24)
+    rel = notebook.relative_to(ROOT)
+    argv = [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT}",
+            str(rel)]
+    if not open_browser:
+        argv.append("--no-browser")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and CI run as root; Jupyter refuses without it
+        argv.append("--allow-root")
+    print(f"[start] JupyterLab with {rel}: http://127.0.0.1:{port}/lab/tree/{rel.as_posix()}?token={token} "
+          "(Ctrl-C stops it)", flush=True)
+    os.chdir(ROOT)
+    os.execv(sys.executable, argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sgl_jupyter.main", description=__doc__.split("\n\n")[0])
+    p.add_argument("--headless", action="store_true",
+                   help="execute the notebooks (no JupyterLab) and write HTML copies with their outputs")
+    p.add_argument("--quick", action="store_true",
+                   help=f"with --headless: the small CI sizes ({QUICK_ENV}=1; the default sizes take longer)")
+    p.add_argument("--notebooks", nargs="*", default=None, metavar="NOTEBOOK",
+                   help="with --headless: these notebooks (default: every one in notebooks/)")
+    p.add_argument("--out", default=str(ROOT / "artifacts" / "notebooks"), help="with --headless: output folder")
+    p.add_argument("--timeout", type=int, default=900, help="with --headless: seconds a cell may take")
+    p.add_argument("--port", type=int, default=8888, help="JupyterLab's port on 127.0.0.1")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser (print the URL)")
+    p.add_argument("--notebook", default=str(NOTEBOOKS / "quickstart.ipynb"), help="the notebook JupyterLab opens")
+    args = p.parse_args(argv)
+    if not args.headless:
+        start_lab(args.port, not args.no_browser, Path(args.notebook).resolve())
+        return 0  # not reached: execv
+    paths = [Path(n).resolve() for n in args.notebooks] if args.notebooks else notebook_paths()
+    if not paths:
+        p.error("no notebooks found")
+    results = run_headless(paths, Path(args.out).resolve(), quick=args.quick, timeout=args.timeout)
+    failed = [r["name"] for r in results if r["error"]]
+    total = sum(r["seconds"] for r in results)
+    print(f"[headless] {len(results) - len(failed)}/{len(results)} notebooks ran in {total:.0f}s"
+          + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
