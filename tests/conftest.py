@@ -8,6 +8,19 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _no_cuda() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+# Without CUDA the Triton kernels run through Triton's interpreter (tests/kernels). Triton fixes that choice
+# for its own standard library (tl.max, tl.sum, ...) when it is first imported, and `import sgl_jupyter.engine`
+# imports it, so the switch must be set here, before any test module is collected, not in tests/kernels.
+if _no_cuda():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -1,17 +1,12 @@
 """Kernel tests run twice over: on CUDA at full shapes (``gpu`` tests), and on CPU through
 Triton's interpreter at small shapes, so a CPU-only checkout still executes every kernel's logic.
-The interpreter must be chosen before the first launch (kernels jit lazily), hence this module-level switch."""
+The interpreter is chosen by TRITON_INTERPRET=1, set in tests/conftest.py before Triton is first imported."""
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from sgl_jupyter.kernels._triton import HAS_TRITON  # noqa: E402
+from sgl_jupyter.kernels._triton import HAS_TRITON
 
 CUDA = torch.cuda.is_available()
 

@@ -84,7 +84,9 @@ def endpoint(server):
 # ---------------------------------------------------------------------------------------------- the seed
 def test_seed_programs_against_the_server(server, capsys):
     url, key = server
-    rt = sgl.Runtime(endpoint=url, api_key=key, sampling_defaults={"seed": 0})
+    from .test_seed_programs import SEED_PROGRAM_SEED
+
+    rt = sgl.Runtime(endpoint=url, api_key=key, sampling_defaults={"seed": SEED_PROGRAM_SEED})
 
     # ---- from the seed (section 4.1) ----
     json_schema = r'{"name": "[^"]+", "age": \d+}'
