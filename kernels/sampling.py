@@ -79,7 +79,11 @@ def _sample_kernel(Logits, Temps, TopK, TopP, MinP, Seeds, Out, Thr, stride_l, V
         x = tl.load(base + off + offs, mask=off + offs < V, other=float("-inf")).to(tl.float32) * inv_t
         z += tl.sum(tl.exp(x - m), 0)
     inv_z = 1.0 / tl.where(greedy, 1.0, z)
-    p_max_bits = inv_z.to(tl.int32, bitcast=True)
+    # The bisection's upper end must be above every p as the passes below compute it. 1/z is the top
+    # token's p only in exact arithmetic: compiled, exp(x - m) of the top token can round above 1 (x*inv_t
+    # contracted into an FMA in one pass and not in the other), and a top token alone holding more than
+    # top_p then made the search end below it and keep the whole vocabulary. 2.0 is above any p.
+    p_hi_bits = (zero_f + 2.0).to(tl.int32, bitcast=True)
 
     # top-k threshold: smallest t with count(p > t) < top_k; top-p: smallest t with mass(p > t) < top_p.
     # Bisect over bit patterns keeping pred(H) true and pred(L) false (L = -1: below every p), and stop
@@ -87,9 +91,9 @@ def _sample_kernel(Logits, Temps, TopK, TopP, MinP, Seeds, Out, Thr, stride_l, V
     # Random rows stop after about log2(V) passes instead of 31.
     use_k = (top_k > 0) & (top_k < V) & (~greedy)
     use_p = (top_p < 1.0) & (~greedy)
-    h_k = tl.where(use_k, p_max_bits, zero_i)
+    h_k = tl.where(use_k, p_hi_bits, zero_i)
     l_k = tl.where(use_k, zero_i - 1, h_k)
-    h_p = tl.where(use_p, p_max_bits, zero_i)
+    h_p = tl.where(use_p, p_hi_bits, zero_i)
     l_p = tl.where(use_p, zero_i - 1, h_p)
     cl_k = zero_i + V  # tokens with p > L
     ch_k = zero_i  # tokens with p > H

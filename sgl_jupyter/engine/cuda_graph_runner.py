@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import bisect
 import logging
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
@@ -21,6 +22,18 @@ if TYPE_CHECKING:
     from .attention.base import AttentionBackend
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MultiStepLaunch:
+    """A multi-step decode enqueued on the GPU: ``host`` [steps, B] fills when ``done`` fires."""
+    host: torch.Tensor
+    done: torch.cuda.Event
+
+    def tokens(self) -> list[list[int]]:
+        """[steps][B] token ids; waits for the launch."""
+        self.done.synchronize()
+        return self.host.tolist()
 
 
 def capture_batch_sizes(max_bs: int) -> list[int]:
@@ -95,6 +108,10 @@ class CudaGraphRunner:
         self.ms_loc = torch.zeros(steps, n, dtype=torch.int64, device=self.device)
         self.ms_seq = torch.ones(steps, n, dtype=torch.int64, device=self.device)
         self.ms_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        n_in = 2 * n + 2 * steps * n  # ids, rows, positions, slots
+        self.ms_host_in = [torch.empty(n_in, dtype=torch.int64, pin_memory=True) for _ in range(2)]
+        self.ms_host_out = [torch.empty(steps * n, dtype=torch.int64, pin_memory=True) for _ in range(2)]
+        self._ms_flip = 0
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream(self.device)
 
@@ -122,30 +139,45 @@ class CudaGraphRunner:
         self.ms_max_bs = max(sizes)
         torch.cuda.synchronize(self.device)
 
-    def replay_multi_step(self, input_ids: list[int], positions: list[int], locs: torch.Tensor,
-                          rows: list[int]) -> list[list[int]]:
-        """``steps`` greedy tokens per request: [steps][B] on the host. ``positions`` are each request's
-        first new position; ``locs`` [steps, B] the KV slots of the steps (already in the request table)."""
-        bs, k = len(input_ids), self.steps
+    def launch_multi_step(self, input_ids: Optional[list[int]], positions: list[int], locs: torch.Tensor,
+                          rows: list[int]) -> "MultiStepLaunch":
+        """Enqueue ``steps`` greedy tokens per request and return at once; the tokens arrive in a pinned
+        host buffer (``MultiStepLaunch.tokens()`` waits for them). ``positions`` are each request's first
+        new position; ``locs`` [steps, B] the KV slots of the steps. ``input_ids`` None: the batch is the
+        previous launch's, in the same order, and goes on from that launch's last tokens on the device.
+        Nothing here waits for the GPU (pinned staging both ways), so the host can commit the previous
+        launch's tokens while this one runs."""
+        bs, k = len(positions), self.steps
         gbs = min(b for b in self.ms_graphs if b >= bs)
+        n_ids = 0 if input_ids is None else bs
         pos = torch.tensor(positions, dtype=torch.int64).view(1, bs) + torch.arange(k).view(k, 1)
-        host = torch.cat([torch.tensor(input_ids + rows, dtype=torch.int64), pos.flatten(),
+        host = torch.cat([torch.tensor((input_ids or []) + rows, dtype=torch.int64), pos.flatten(),
                           locs.to(torch.int64).flatten()])
-        dev = host.to(self.device, non_blocking=True)
-        ids_t, rows_t, pos_t, loc_t = dev.split([bs, bs, k * bs, k * bs])
+        # two pinned buffers each way, used alternately: the one written now was last read by the launch
+        # before the previous one, which the caller has waited for
+        flip = self._ms_flip
+        self._ms_flip ^= 1
+        staged = self.ms_host_in[flip][:host.numel()]
+        staged.copy_(host)
+        dev = staged.to(self.device, non_blocking=True)
+        ids_t, rows_t, pos_t, loc_t = dev.split([n_ids, bs, k * bs, k * bs])
         if gbs != bs:
             self.ms_pos[:, bs:gbs].fill_(0)
             self.ms_loc[:, bs:gbs].fill_(0)
             self.ms_seq[:, bs:gbs].fill_(1)
             self.req_pool_indices[bs:gbs].fill_(0)
-        self.ms_ids[0, :bs].copy_(ids_t)
+        self.ms_ids[0, :bs].copy_(self.ms_ids[k, :bs] if input_ids is None else ids_t)
         self.req_pool_indices[:bs].copy_(rows_t)
         self.ms_pos[:, :bs].copy_(pos_t.view(k, bs))
         self.ms_loc[:, :bs].copy_(loc_t.view(k, bs))
         self.ms_seq[:, :bs].copy_(pos_t.view(k, bs) + 1)
         self.req_to_token[rows_t.repeat(k), pos_t] = loc_t.to(self.req_to_token.dtype)
         self.ms_graphs[gbs].replay()
-        return self.ms_ids[1:, :bs].tolist()
+        out = self.ms_host_out[flip][:k * bs].view(k, bs)  # contiguous: a strided host copy would sync
+        out.copy_(self.ms_ids[1:, :bs], non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return MultiStepLaunch(out, done)
 
     def can_run(self, fb: ForwardBatch) -> bool:
         return fb.is_decode and fb.batch_size <= self.max_bs

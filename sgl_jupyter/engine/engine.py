@@ -161,6 +161,7 @@ class Engine:
         sched = self.scheduler
         reqs = list(self._live.values())
         self._live.clear()
+        sched.discard_in_flight()
         sched.waiting.clear()
         sched.running.clear()
         sched.chunked = None

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from .attention.base import AttentionBackend
+from .cuda_graph_runner import MultiStepLaunch
 from .forward_batch import ForwardBatch
 from .kv_pool import KVPool, ReqToTokenPool
 from .loader import LoadedModel
@@ -45,14 +46,14 @@ class ModelRunner:
         self.continuous_decode_steps = steps
 
     def multi_step_batch_limit(self) -> int:
-        """Largest batch that ``decode_multi_step`` takes (0: not captured)."""
+        """Largest batch that ``launch_decode_multi_step`` takes (0: not captured)."""
         return getattr(self.graphs, "ms_max_bs", 0) if self.graphs is not None else 0
 
     @torch.inference_mode()
-    def decode_multi_step(self, input_ids: list[int], positions: list[int], locs: torch.Tensor,
-                          rows: list[int]) -> list[list[int]]:
+    def launch_decode_multi_step(self, input_ids: Optional[list[int]], positions: list[int], locs: torch.Tensor,
+                                 rows: list[int]) -> MultiStepLaunch:
         self.forward_calls += 1
-        return self.graphs.replay_multi_step(input_ids, positions, locs, rows)
+        return self.graphs.launch_multi_step(input_ids, positions, locs, rows)
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> torch.Tensor:

@@ -16,6 +16,7 @@ from .detokenizer import IncrementalDetokenizer
 from .events import EventBus, FinishEvent, StepEvent, TokenEvent
 from .forward_batch import ForwardBatch, ForwardMode
 from .jump_forward import DraftPlan, mask_admits_only, plan_drafts, verify_drafts
+from .cuda_graph_runner import MultiStepLaunch
 from .kv_pool import KVPool, ReqToTokenPool
 from .model_runner import ModelRunner
 from .output import OutputBuilder
@@ -39,6 +40,13 @@ class SchedulerLimits:
     chunked_prefill_size: int
     max_prefill_tokens: int
     schedule_policy: str = "lpm"
+
+
+@dataclass
+class InFlight:
+    """A multi-step decode launched and not yet committed: its batch, in launch order, and its handle."""
+    batch: list[Req]
+    handle: MultiStepLaunch
 
 
 class Scheduler:
@@ -71,6 +79,8 @@ class Scheduler:
         self.last_batch: dict = {}
         self._last_num_tokens = 0
         self._decode_steps = 0
+        self._in_flight: Optional[InFlight] = None  # a multi-step decode launched, its tokens not committed
+        self.overlapped_launches = 0  # launches enqueued before the previous launch's tokens were committed
 
     # ------------------------------------------------------------------ public (scheduler thread only)
     @property
@@ -89,7 +99,8 @@ class Scheduler:
         self.waiting.append(req)
 
     def abort(self, rid: str) -> bool:
-        """Abort a request wherever it is. Runs between steps, so no forward is using its slots."""
+        """Abort a request wherever it is. Runs between steps, so no forward is using its slots, except
+        a launch in flight: its requests are marked, and finish when their tokens are committed."""
         found = False
         for req in list(self.waiting):
             if req.rid == rid:
@@ -98,8 +109,11 @@ class Scheduler:
                 found = True
         for req in list(self.running):
             if req.rid == rid:
-                self.running.remove(req)
-                self._finish(req, {"type": "abort", "message": "aborted by the client"})
+                if self._in_flight is not None and any(req is r for r in self._in_flight.batch):
+                    req.abort_requested = True
+                else:
+                    self.running.remove(req)
+                    self._finish(req, {"type": "abort", "message": "aborted by the client"})
                 found = True
         if self.chunked is not None and self.chunked.rid == rid:
             req, self.chunked = self.chunked, None
@@ -108,6 +122,7 @@ class Scheduler:
         return found
 
     def abort_all(self, message: str) -> None:
+        self.drain_in_flight()
         for req in list(self.waiting) + list(self.running) + ([self.chunked] if self.chunked else []):
             self.abort(req.rid)
             req.finish_reason = {"type": "abort", "message": message}
@@ -123,8 +138,11 @@ class Scheduler:
     def step(self) -> bool:
         """Run one forward (a prefill batch if one can be formed, else a decode batch)."""
         t0 = time.perf_counter()
-        batch = self._schedule_extend()
-        if batch:
+        if self._in_flight is not None:
+            batch = self._in_flight.batch
+            self._step_in_flight()
+            mode = "decode"
+        elif batch := self._schedule_extend():
             self._run_extend(batch)
             mode = "extend"
         else:
@@ -415,10 +433,11 @@ class Scheduler:
             req.kv_len += 1
         self._sample_and_process(batch, logits)
 
-    def _multi_step_ok(self, batch: list[Req]) -> bool:
+    def _multi_step_ok(self, batch: list[Req], pending: int = 0) -> bool:
         """Several decode steps per launch (CUDA graphs) pay off when the host has nothing to do between
         tokens: every request greedy and free of grammar, penalties, logprobs and pending min_new_tokens,
-        nobody waiting to be admitted, and room in the KV pool and the context for all the steps."""
+        nobody waiting to be admitted, and room in the KV pool and the context for all the steps.
+        ``pending``: tokens per request launched but not yet committed (their KV is in ``kv_len``)."""
         k = self.continuous_decode_steps
         if self.waiting or len(batch) > self.runner.multi_step_batch_limit():
             return False
@@ -426,29 +445,60 @@ class Scheduler:
             p = r.params
             if (not p.is_greedy or r.grammar is not None or r.return_logprob or p.needs_penalties
                     or len(r.output_ids) < p.min_new_tokens or r.abort_requested
-                    or r.kv_len + k >= self.limits.max_context or len(r.output_ids) + 1 >= p.max_new_tokens):
+                    or r.kv_len + k >= self.limits.max_context
+                    or len(r.output_ids) + pending + 1 >= p.max_new_tokens):
                 return False
         need = k * len(batch)
         if self.kv_pool.free_size < need:
             self.cache.evict(need - self.kv_pool.free_size)
         return self.kv_pool.free_size >= need
 
-    def _run_decode_multi_step(self, batch: list[Req]) -> None:
-        """``continuous_decode_steps`` greedy tokens per request from one graph launch. The tokens are then
-        committed one at a time as single steps would; a request that stops early gives back the KV
-        slots of the steps it did not need (its output is the same as step-by-step decoding)."""
+    def _run_decode_multi_step(self, batch: list[Req], from_device: bool = False) -> None:
+        """Launch ``continuous_decode_steps`` greedy tokens per request in one graph and leave them in
+        flight: the next step commits them, one at a time as single steps would (a request that stops
+        early gives back the KV of the steps it did not need; its output is the same as step-by-step
+        decoding). When the batch goes on unchanged, that step first launches the following steps from
+        the tokens still on the device, so the host's work on one launch overlaps the GPU's on the next
+        (SGLang's overlap scheduling, for multi-step decode)."""
         k, n = self.continuous_decode_steps, len(batch)
         locs = self.kv_pool.alloc(k * n).view(k, n)
-        tokens = self.runner.decode_multi_step([r.fill_ids[-1] for r in batch], [r.kv_len for r in batch], locs,
-                                               [r.row for r in batch])
+        launch = self.runner.launch_decode_multi_step(None if from_device else [r.fill_ids[-1] for r in batch],
+                                                      [r.kv_len for r in batch], locs, [r.row for r in batch])
         self._decode_steps += k
         self._last_num_tokens = n
         self.forward_tokens_total += k * n
+        for req in batch:
+            req.kv_len += k  # the steps write KV for the last token and the first k-1 new ones
+        self._in_flight = InFlight(list(batch), launch)
+
+    def _step_in_flight(self) -> None:
+        """Commit the launch in flight; before that, launch the next steps if the batch goes on as it is
+        and nothing else wants the GPU."""
+        prev, self._in_flight = self._in_flight, None
+        same = len(prev.batch) == len(self.running) and all(a is b for a, b in zip(prev.batch, self.running))
+        if same and self.chunked is None and self._multi_step_ok(prev.batch, pending=self.continuous_decode_steps):
+            self._run_decode_multi_step(prev.batch, from_device=True)
+            self.overlapped_launches += 1
+        self._commit_launch(prev)
+
+    def _commit_launch(self, launch: InFlight) -> None:
+        tokens = launch.handle.tokens()
         added = 0
-        for i, req in enumerate(batch):
-            req.kv_len += k  # the steps wrote KV for the last token and the first k-1 new ones
-            added += self._commit(req, [tokens[j][i] for j in range(k)])
+        for i, req in enumerate(launch.batch):
+            if req.finished:  # it ended in the launch before; this one ran on past its end
+                continue
+            added += self._commit(req, [step[i] for step in tokens])
         self._record_tokens(added)
+
+    def drain_in_flight(self) -> None:
+        """Commit a launch in flight (before the requests are touched from outside a step)."""
+        if self._in_flight is not None:
+            prev, self._in_flight = self._in_flight, None
+            self._commit_launch(prev)
+
+    def discard_in_flight(self) -> None:
+        """Forget a launch in flight without committing it (the engine is resetting after a failure)."""
+        self._in_flight = None
 
     def _run_decode_with_drafts(self, batch: list[Req]) -> None:
         """A decode step where some requests carry several new tokens: grammar-forced tokens appended

@@ -74,6 +74,34 @@ def test_embedded_model_fp32_matches_hf(model_path, hf_cuda_refs, backend, mode)
         _free(eng)
 
 
+def test_overlapped_multi_step_streams_aborts_and_leaks_nothing(model_path, hf_cuda_refs):
+    """Multi-step launches overlap the host's commit of the previous launch (the next graph is already on
+    the GPU): a long stream aborted while a launch is in flight ends with ``abort`` and gives its KV back,
+    streamed deltas add up to the text, and the engine's outputs afterwards still equal HF."""
+    from sgl_jupyter import Engine
+
+    prompts, refs = hf_cuda_refs
+    eng = Engine(model_path, device="cuda", dtype="float32", attention_backend="triton",
+                 num_continuous_decode_steps=4, max_total_tokens=20000, cuda_graph_max_bs=16)
+    try:
+        chunks = []
+        for chunk in eng.generate(prompts[1], {"max_new_tokens": 400, "temperature": 0, "ignore_eos": True},
+                                  stream=True, rid="long"):
+            chunks.append(chunk)
+            if len(chunks) == 6:
+                eng.abort("long")
+        final = chunks[-1]
+        assert final["meta_info"]["finish_reason"]["type"] == "abort"
+        assert "".join(c["delta"] for c in chunks) == final["text"]
+        assert 6 <= final["meta_info"]["completion_tokens"] < 400
+        assert eng.scheduler.overlapped_launches > 0
+        outs = eng.generate(prompts, {"max_new_tokens": MAX_NEW, "temperature": 0})
+        assert [o["output_ids"] for o in outs] == refs
+        assert_no_leak(eng)
+    finally:
+        _free(eng)
+
+
 def test_auto_backend_in_float32_avoids_flashinfer(model_path):
     """FlashInfer has no float32 kernels: auto picks Triton, and asking for it names the fix."""
     from sgl_jupyter import Engine

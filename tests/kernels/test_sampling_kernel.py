@@ -64,11 +64,7 @@ def test_kernel_small_kept_sets_and_greedy(interp_device):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("vocab", [
-    pytest.param(1000, marks=pytest.mark.xfail(reason="known bug (issue #4): on CUDA one top-p row whose top token "
-                                                      "alone exceeds p keeps the whole vocabulary at V=1000; the "
-                                                      "Triton interpreter and V >= 32000 are right", strict=False)),
-    32000, 151936])
+@pytest.mark.parametrize("vocab", [1000, 32000, 151936])
 def test_kernel_kept_sets_cuda(vocab):
     logits = torch.randn(len(ROWS) * 4, vocab, device="cuda") * 4
     params = _params(ROWS * 4, "cuda")
@@ -111,3 +107,21 @@ def test_kernel_is_deterministic_per_seed_and_capturable():
     seeds.copy_(torch.tensor([5, 6, 7, 8]))
     graph.replay()
     assert torch.equal(out, sample_triton(logits, *params, seeds))
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 1.3])
+def test_top_p_row_whose_top_token_alone_exceeds_p_keeps_only_it(interp_device, temperature):
+    """The regression behind the Triton sampler's one wrong row: a top token holding more than top_p
+    alone (here about 0.9+ of the mass) must be the only token kept, at any temperature."""
+    logits = torch.zeros(3, 1000)
+    logits[:, 7] = 10.0 * temperature  # p(7) = e^10 / (e^10 + 999) ~ 0.957 after the temperature
+    logits[:, 100:110] = torch.linspace(0, 1, 10)
+    params = _params([(temperature, -1, 0.9, 0.0), (temperature, 50, 0.9, 0.0),
+                      (temperature, -1, 0.95, 0.0)], "cpu")
+    ref = top_k_top_p_min_p_probs_ref(logits, *params)
+    logits, params = logits.to(interp_device), [p.to(interp_device) for p in params]
+    seeds = torch.arange(3, device=interp_device) + 11
+    ids, thr = sample_triton(logits, *params, seeds, return_threshold=True)
+    kept = _kept_counts(logits, params[0], thr).cpu()
+    assert (ref > 0).sum(1).tolist() == [1, 1, 1]
+    assert kept.tolist() == [1, 1, 1] and ids.tolist() == [7, 7, 7]

@@ -6,14 +6,15 @@
 - ``RowParallelLinear``: input features split; partial outputs summed by one all-reduce.
 
 Weights arrive as full HF tensors or as safetensors slices (``safe_open(...).get_slice(name)``), so
-a rank reads only the bytes of its shard. With one rank every layer is ``F.linear`` on the full weight."""
+a rank reads only the bytes of its shard. With one rank every layer is ``F.linear`` on the full weight (one-row CUDA inputs: the Triton GEMV)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from sgl_jupyter.kernels import gemv
 
 from ..distributed.parallel_state import TPGroup
 
@@ -73,7 +74,7 @@ class ColumnParallelLinear(nn.Module):
         return parts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return gemv.linear(x, self.weight, self.bias)
 
     def load_weight(self, param: torch.Tensor, src: WeightSource, shard_id: Optional[int] = None) -> None:
         """``shard_id``: which fused part ``src`` is (HF ``q_proj`` -> 0, ...); None: the whole fused
@@ -137,8 +138,8 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
-            return F.linear(x, self.weight, self.bias)
-        y = self.tp.all_reduce(F.linear(x, self.weight))
+            return gemv.linear(x, self.weight, self.bias)
+        y = self.tp.all_reduce(gemv.linear(x, self.weight))
         return y if self.bias is None else y + self.bias
 
     def load_weight(self, param: torch.Tensor, src: WeightSource, shard_id: Optional[int] = None) -> None:

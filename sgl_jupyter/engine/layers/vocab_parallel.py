@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgl_jupyter.kernels import gemv
+
 from ..distributed.parallel_state import TPGroup
 from .linear import WeightSource, read_shard, source_shape
 
@@ -48,7 +50,7 @@ class ParallelLMHead(VocabParallelEmbedding):
 
 def vocab_parallel_logits(hidden: torch.Tensor, weight: torch.Tensor, tp: TPGroup, vocab_size: int) -> torch.Tensor:
     """Full-vocabulary logits [R, vocab_size] on every rank."""
-    logits = torch.matmul(hidden, weight.t())
+    logits = gemv.linear(hidden, weight)
     if tp.size == 1:
         return logits
     return tp.all_gather(logits)[..., :vocab_size]

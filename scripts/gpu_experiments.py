@@ -1,0 +1,181 @@
+"""GPU diagnostics behind the bs=1 decode work (a developer's tool, not a benchmark): where a multi-step
+decode's host time goes (``timeline_N``: N steps per launch; ``timeline_4_cublas``: without the Triton GEMV),
+one-row GEMV variants against cuBLAS/cuBLASLt (``gemv``), and the sampler's kept sets (``sampler``).
+    python scripts/gpu_experiments.py [timeline_4 timeline_16 gemv sampler ...]   (JSON under $OUT)"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+OUT = Path(os.environ.get("OUT", "artifacts/gpu"))
+OUT.mkdir(parents=True, exist_ok=True)
+res: dict = {}
+
+
+def cuda_time(fn, iters=50):
+    for _ in range(3):
+        fn()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    s.record()
+    for _ in range(iters):
+        fn()
+    e.record()
+    e.synchronize()
+    return s.elapsed_time(e) / iters
+
+
+def timeline(steps: int, gemv_on: bool = True):
+    from sgl_jupyter.kernels import gemv
+    gemv.ENABLED = gemv_on
+    from sgl_jupyter import Engine
+    from sgl_jupyter.bench.latency import resolve_model_path
+    eng = Engine(resolve_model_path("llama3-8b"), load_format="dummy", device="cuda", max_total_tokens=8192,
+                 max_running_requests=8, cuda_graph_max_bs=8, num_continuous_decode_steps=steps,
+                 tokenizer_path=os.environ.get("SGL_TOK"))
+    sch, runner = eng.scheduler, eng.runner
+    acc = defaultdict(float)
+    cnt = defaultdict(int)
+
+    def wrap(obj, name, key):
+        orig = getattr(obj, name)
+
+        def f(*a, **k):
+            t = time.perf_counter()
+            try:
+                return orig(*a, **k)
+            finally:
+                acc[key] += time.perf_counter() - t
+                cnt[key] += 1
+        setattr(obj, name, f)
+
+    wrap(sch, "step", "step")
+    wrap(sch, "_commit", "commit")
+    wrap(sch, "_schedule_decode", "schedule_decode")
+    wrap(sch, "_schedule_extend", "schedule_extend")
+    wrap(sch, "_multi_step_ok", "multi_step_ok")
+    wrap(runner.graphs, "launch_multi_step", "launch_multi_step")
+    wrap(runner, "forward", "forward")
+    ids = list(range(1000, 1128))
+    out = {}
+    try:
+        p = {"max_new_tokens": 128, "temperature": 0, "ignore_eos": True}
+        eng.generate(input_ids=ids, sampling_params={**p, "max_new_tokens": 8})
+        best = None
+        for _ in range(3):
+            eng.flush_cache()
+            acc.clear(); cnt.clear()
+            t0 = time.perf_counter()
+            r = eng.generate(input_ids=ids, sampling_params=p)
+            tot = time.perf_counter() - t0
+            ttft = r["meta_info"]["ttft"]
+            tps = 127 / (tot - ttft)
+            if best is None or tps > best["tok_per_s"]:
+                best = {"tok_per_s": tps, "overlapped": sch.overlapped_launches, "total_s": tot, "ttft_s": ttft,
+                        **{f"{k}_ms_total": v * 1e3 for k, v in acc.items()}, **{f"{k}_n": v for k, v in cnt.items()}}
+        out["gen"] = best
+        g = runner.graphs
+        if steps > 1 and getattr(g, "ms_graphs", None):
+            out["ms_graph_replay_ms"] = cuda_time(g.ms_graphs[1].replay, 20)
+        out["graph_replay_ms"] = cuda_time(g.graphs[1].replay, 20)
+    finally:
+        eng.shutdown()
+        torch.cuda.empty_cache()
+    return out
+
+
+def gemv_variants():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def gemv(W, X, Y, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        pid = tl.program_id(0)
+        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            w = tl.load(W + rn[:, None] * K + rk[None, :], mask=(rn[:, None] < N) & (rk[None, :] < K), other=0.0)
+            x = tl.load(X + rk, mask=rk < K, other=0.0)
+            acc += tl.sum(w.to(tl.float32) * x[None, :].to(tl.float32), 1)
+        tl.store(Y + rn, acc.to(Y.dtype.element_ty), mask=rn < N)
+
+    out = {}
+    for N, K in ((4096, 4096), (6144, 4096), (4096, 14336), (28672, 4096)):
+        w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
+        x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
+        nbytes = w.numel() * 2
+        tb = lambda ms: round(nbytes / (ms / 1e3) / 1e12, 3)  # noqa
+        key = f"{N}x{K}"
+        for lib in ("cublaslt", "cublas"):
+            torch.backends.cuda.preferred_blas_library(lib)
+            out[f"{key}_linear_{lib}"] = tb(cuda_time(lambda: torch.nn.functional.linear(x, w), 200))
+            x8 = torch.randn(8, K, device="cuda", dtype=torch.bfloat16)
+            out[f"{key}_linear_M8_{lib}"] = tb(cuda_time(lambda: torch.nn.functional.linear(x8, w), 200))
+            out[f"{key}_mv_{lib}"] = tb(cuda_time(lambda: torch.mv(w, x[0]), 200))
+        torch.backends.cuda.preferred_blas_library("cublaslt")
+        y = torch.empty(N, device="cuda", dtype=torch.bfloat16)
+        ref = torch.nn.functional.linear(x, w)[0].float()
+        for bn, bk, nw in ((8, 512, 4), (16, 256, 4), (4, 1024, 4), (8, 1024, 8), (16, 512, 8), (32, 256, 8), (2, 2048, 4)):
+            try:
+                fn = lambda: gemv[(triton.cdiv(N, bn),)](w, x, y, N, K, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # noqa
+                ms = cuda_time(fn, 200)
+                err = (y.float() - ref).abs().max().item()
+                out[f"{key}_triton_{bn}_{bk}_{nw}"] = (tb(ms), round(err, 3))
+            except Exception as e:  # noqa
+                out[f"{key}_triton_{bn}_{bk}_{nw}"] = repr(e)[:200]
+        del w
+    return out
+
+
+def sampler_diag():
+    from sgl_jupyter.kernels.sampling import sample_triton, top_k_top_p_min_p_probs_ref
+    sys.path.insert(0, "tests/kernels")
+    rows = [(0.0, -1, 1.0, 0.0), (1.0, 20, 1.0, 0.0), (0.7, -1, 0.9, 0.0), (1.0, -1, 1.0, 0.05),
+            (1.3, 50, 0.8, 0.1), (1.0, 1, 1.0, 0.0), (0.5, 5, 0.5, 0.0), (1.0, -1, 1.0, 0.0)] * 4
+    out = {}
+    for V in (1000, 2000, 1024, 4096, 32000):
+        torch.manual_seed(0)
+        fails = []
+        for trial in range(5):
+            logits = torch.randn(len(rows), V, device="cuda") * 4
+            t, k, p, m = zip(*rows)
+            params = (torch.tensor(t, device="cuda"), torch.tensor(k, dtype=torch.int32, device="cuda"),
+                      torch.tensor(p, device="cuda"), torch.tensor(m, device="cuda"))
+            seeds = torch.randint(0, 2**62, (len(rows),), device="cuda")
+            ids, thr = sample_triton(logits, *params, seeds, return_threshold=True)
+            ref = top_k_top_p_min_p_probs_ref(logits, *params)
+            tt = torch.where(params[0] > 1e-6, params[0], torch.ones_like(params[0]))
+            probs = torch.softmax(logits / tt[:, None], -1)
+            kept = (probs >= thr[:, None] * (1 - 1e-5)).sum(1)
+            ref_kept = (ref > 0).sum(1)
+            for i, row in enumerate(rows):
+                if row[0] == 0.0 or row[1] == 1:
+                    continue
+                if abs(int(kept[i]) - int(ref_kept[i])) > 1:
+                    sp = probs[i].sort(descending=True).values
+                    fails.append({"trial": trial, "row": i, "params": row, "kept": int(kept[i]), "ref": int(ref_kept[i]),
+                                  "thr": float(thr[i]), "p_top3": sp[:3].tolist(), "cum3": sp[:3].cumsum(0).tolist()})
+        out[V] = fails[:6] + [{"n_fail": len(fails)}]
+    return out
+
+
+EXPS = {"sampler": sampler_diag, "gemv": gemv_variants, "timeline_4": lambda: timeline(4),
+        "timeline_4_cublas": lambda: timeline(4, False), "timeline_8": lambda: timeline(8),
+        "timeline_16": lambda: timeline(16), "timeline_1": lambda: timeline(1)}
+for name in (sys.argv[1:] or list(EXPS)):
+    fn = EXPS[name]
+    t = time.perf_counter()
+    try:
+        res[name] = fn()
+    except Exception:
+        res[name] = traceback.format_exc()[-3000:]
+    print(f"=== {name} ({time.perf_counter() - t:.0f}s)", json.dumps(res[name], indent=1, default=str)[:6000], flush=True)
+    (OUT / "experiments.json").write_text(json.dumps(res, indent=1, default=str))

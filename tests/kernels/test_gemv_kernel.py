@@ -1,0 +1,59 @@
+"""The one-row decode GEMV against float64 math, and its dispatch rule (only one-row half-precision CUDA
+inputs take it; everything else is F.linear)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sgl_jupyter.kernels import gemv
+
+
+def _check(x, w, b, y):
+    exact = F.linear(x.double(), w.double(), None if b is None else b.double())
+    # the float32 sum differs from float64 by far less than one rounding of the output dtype
+    bound = 2 * torch.finfo(y.dtype).eps * (x.double().abs() @ w.double().abs().t()).max().item() + 1e-6
+    assert (y.double() - exact).abs().max().item() <= bound
+
+
+@pytest.mark.parametrize("n,k,bias", [(24, 40, False), (7, 2100, True), (33, 1024, False)])
+def test_gemv_ragged_shapes(interp_device, n, k, bias):
+    g = torch.Generator().manual_seed(n * k)
+    dtype = torch.float16 if interp_device == "cuda" else torch.float32
+    w = torch.randn(n, k, generator=g).to(interp_device, dtype)
+    x = torch.randn(1, k, generator=g).to(interp_device, dtype)
+    b = torch.randn(n, generator=g).to(interp_device, dtype) if bias else None
+    _check(x, w, b, gemv.gemv_triton(x, w, b))
+
+
+def test_gemv_reads_a_row_slice_of_a_wider_weight(interp_device):
+    w = torch.randn(16, 96, device=interp_device)[:, 32:80]  # row stride 96, K 48
+    x = torch.randn(1, 48, device=interp_device)
+    _check(x, w, None, gemv.gemv_triton(x, w))
+
+
+def test_linear_dispatch_keeps_f_linear_off_cuda_and_for_batches():
+    w, x = torch.randn(8, 16), torch.randn(3, 16)
+    assert torch.equal(gemv.linear(x, w), F.linear(x, w))
+    assert torch.equal(gemv.linear(x[:1], w), F.linear(x[:1], w))  # CPU: the reference, bit for bit
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k", [(4096, 4096), (6144, 4096), (28672, 4096), (4096, 14336), (128256, 4096)])
+def test_gemv_llama3_8b_shapes_cuda(n, k):
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, device="cuda", dtype=torch.bfloat16) if n == 6144 else None
+    y = gemv.linear(x, w, b)
+    assert y.shape == (1, n) and y.dtype == torch.bfloat16
+    _check(x, w, b, y)
+    # inside a CUDA graph (the decode graphs capture it)
+    out = torch.empty_like(y)
+    graph = torch.cuda.CUDAGraph()
+    gemv.linear(x, w, b)
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        out.copy_(gemv.linear(x, w, b))
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    _check(x, w, b, out)
