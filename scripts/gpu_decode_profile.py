@@ -10,18 +10,7 @@ from pathlib import Path
 
 import torch
 
-
-def cuda_time(fn, iters: int = 50) -> float:
-    for _ in range(3):
-        fn()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    s.record()
-    for _ in range(iters):
-        fn()
-    e.record()
-    e.synchronize()
-    return s.elapsed_time(e) / iters  # ms
+from sgl_jupyter.bench.latency import cuda_time_ms as cuda_time
 
 
 def main() -> None:

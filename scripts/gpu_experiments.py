@@ -14,22 +14,11 @@ from pathlib import Path
 
 import torch
 
+from sgl_jupyter.bench.latency import cuda_time_ms as cuda_time
+
 OUT = Path(os.environ.get("OUT", "artifacts/gpu"))
 OUT.mkdir(parents=True, exist_ok=True)
 res: dict = {}
-
-
-def cuda_time(fn, iters=50):
-    for _ in range(3):
-        fn()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    s.record()
-    for _ in range(iters):
-        fn()
-    e.record()
-    e.synchronize()
-    return s.elapsed_time(e) / iters
 
 
 def timeline(steps: int, gemv_on: bool = True):

@@ -27,22 +27,28 @@ def resolve_model_path(path: Optional[str]) -> Optional[str]:
     return str(SHAPES[path]) if path in SHAPES else path
 
 
+def cuda_time_ms(fn, iters: int = 50, warmup: int = 3) -> float:
+    """Mean milliseconds of ``fn()`` on the current CUDA stream, back to back (CUDA events, no host gaps)."""
+    for _ in range(warmup):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters
+
+
 def copy_bandwidth(device: torch.device, nbytes: int = 2 * 2**30, iters: int = 20) -> float:
     """Bytes/s of a device-to-device copy, counting bytes read and written (the convention of the roofline)."""
     if torch.device(device).type != "cuda":
         raise ValueError("the roofline needs a CUDA device")
     src = torch.empty(nbytes // 2, dtype=torch.float16, device=device)
     dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(device)
-    start.record()
-    for _ in range(iters):
-        dst.copy_(src)
-    end.record()
-    end.synchronize()
-    seconds = start.elapsed_time(end) / 1e3 / iters
+    with torch.cuda.device(device):
+        seconds = cuda_time_ms(lambda: dst.copy_(src), iters) / 1e3
     del src, dst
     torch.cuda.empty_cache()
     return 2 * nbytes / seconds
