@@ -43,7 +43,7 @@ class EngineArgs:
     attention_backend: str = "auto"
     disable_flashinfer: bool = False
     disable_cuda_graph: bool = False
-    cuda_graph_max_bs: int = 160
+    cuda_graph_max_bs: int = 256  # = the default max_running_requests on CUDA: full batches replay too
     num_continuous_decode_steps: Optional[int] = None  # None: 4 with CUDA graphs, else 1
     tp_size: int = 1
     random_seed: int = 0

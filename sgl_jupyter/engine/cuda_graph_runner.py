@@ -101,7 +101,10 @@ class CudaGraphRunner:
         from tqdm.auto import tqdm
 
         self.steps = steps
-        sizes = [b for b in self.batch_sizes if b <= max_bs] or [self.batch_sizes[0]]
+        # powers of two (and the largest): a multi-step graph per ladder size would double start-up for rows
+        # that cost little to pad (decode is weight-bound up to a few hundred rows)
+        top = max([b for b in self.batch_sizes if b <= max_bs] or [self.batch_sizes[0]])
+        sizes = [b for b in self.batch_sizes if b <= top and (b & (b - 1) == 0 or b == top)]
         n = self.max_bs
         self.ms_ids = torch.zeros(steps + 1, n, dtype=torch.int64, device=self.device)
         self.ms_pos = torch.zeros(steps, n, dtype=torch.int64, device=self.device)

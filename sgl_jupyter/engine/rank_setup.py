@@ -20,7 +20,6 @@ from .model_runner import ModelRunner
 logger = logging.getLogger(__name__)
 
 DEFAULT_DECODE_STEPS = 4  # greedy decode steps per graph launch (--num-continuous-decode-steps)
-MULTI_STEP_MAX_BS = 16  # batches up to this size may decode several steps per launch
 
 
 @dataclass
@@ -87,5 +86,5 @@ def build_rank(args: EngineArgs, loaded: LoadedModel, size: int, attention_backe
         runner.capture_cuda_graphs(min(args.cuda_graph_max_bs, max_running), progress=progress)
         steps = args.num_continuous_decode_steps or DEFAULT_DECODE_STEPS
         if steps > 1 and tp_size == 1:  # TP ranks replay one step per broadcast batch, in lockstep
-            runner.capture_multi_step(steps, min(MULTI_STEP_MAX_BS, max_running), progress=progress)
+            runner.capture_multi_step(steps, min(args.cuda_graph_max_bs, max_running), progress=progress)
     return RankState(kv_pool, req_pool, runner, max_context, max_running, (heads, kv_heads, head_dim))

@@ -436,10 +436,12 @@ class Scheduler:
     def _multi_step_ok(self, batch: list[Req], pending: int = 0) -> bool:
         """Several decode steps per launch (CUDA graphs) pay off when the host has nothing to do between
         tokens: every request greedy and free of grammar, penalties, logprobs and pending min_new_tokens,
-        nobody waiting to be admitted, and room in the KV pool and the context for all the steps.
+        nobody waiting who could be admitted now (a request row free), and room in the KV pool and the context
+        for all the steps.
         ``pending``: tokens per request launched but not yet committed (their KV is in ``kv_len``)."""
         k = self.continuous_decode_steps
-        if self.waiting or len(batch) > self.runner.multi_step_batch_limit():
+        admissible = self.waiting and self.num_running < self.limits.max_running
+        if admissible or len(batch) > self.runner.multi_step_batch_limit():
             return False
         for r in batch:
             p = r.params
