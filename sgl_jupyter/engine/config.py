@@ -34,7 +34,7 @@ class EngineArgs:
     # scheduling
     max_running_requests: Optional[int] = None
     max_queued_requests: Optional[int] = None  # None: unbounded
-    chunked_prefill_size: int = 2048
+    chunked_prefill_size: Optional[int] = None  # None: 8192 on CUDA (SGLang's H100 size), 2048 on CPU
     max_prefill_tokens: int = 8192
     schedule_policy: str = "lpm"
     disable_radix_cache: bool = False
@@ -43,7 +43,7 @@ class EngineArgs:
     attention_backend: str = "auto"
     disable_flashinfer: bool = False
     disable_cuda_graph: bool = False
-    cuda_graph_max_bs: int = 256  # = the default max_running_requests on CUDA: full batches replay too
+    cuda_graph_max_bs: int = 512  # = the default max_running_requests on CUDA: full batches replay too
     num_continuous_decode_steps: Optional[int] = None  # None: 4 with CUDA graphs, else 1
     tp_size: int = 1
     random_seed: int = 0
@@ -89,7 +89,8 @@ class EngineArgs:
                   f"max_running_requests must be >= 1, got {self.max_running_requests}")
         if self.max_queued_requests is not None:
             check(self.max_queued_requests >= 1, f"max_queued_requests must be >= 1, got {self.max_queued_requests}")
-        check(self.chunked_prefill_size >= 16 or self.chunked_prefill_size == -1,
+        check(self.chunked_prefill_size is None or self.chunked_prefill_size >= 16
+              or self.chunked_prefill_size == -1,
               f"chunked_prefill_size must be >= 16 (or -1 to disable), got {self.chunked_prefill_size}")
         check(self.tp_size >= 1, f"tp_size must be >= 1, got {self.tp_size}")
         check(self.cuda_graph_max_bs >= 1, f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
@@ -98,6 +99,17 @@ class EngineArgs:
         check(self.cpu_kv_budget_gb > 0, f"cpu_kv_budget_gb must be > 0, got {self.cpu_kv_budget_gb}")
         if self.disable_flashinfer and self.attention_backend == "flashinfer":
             raise InvalidRequestError("attention_backend='flashinfer' contradicts disable_flashinfer=True")
+
+    def gpu_mem_fraction(self) -> float:
+        """``mem_fraction_static`` on a GPU: the share of its memory that weights and the KV pool may take."""
+        return self.mem_fraction_static or 0.85
+
+    def prefill_chunk(self, device_type: str) -> int:
+        """``chunked_prefill_size`` with its device default: big chunks keep a GPU's GEMMs at full speed and
+        cost few host round trips; on a CPU smaller ones keep decode steps coming between them."""
+        if self.chunked_prefill_size is not None:
+            return self.chunked_prefill_size
+        return 8192 if device_type == "cuda" else 2048
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -37,11 +37,21 @@ class MultiStepLaunch:
 
 
 def capture_batch_sizes(max_bs: int) -> list[int]:
-    """1, 2, 4, 8, then every 8 up to ``max_bs`` (SGLang's ladder; padding wastes at most 7 rows)."""
-    sizes = [b for b in (1, 2, 4) if b < max_bs] + list(range(8, max_bs + 1, 8))
+    """1, 2, 4, 8, then every 8 up to 256, every 16 up to 512, every 32 beyond, and ``max_bs`` (SGLang's
+    kind of ladder: padding wastes at most 7 rows where decode is weight-bound, a few percent above)."""
+    sizes = [b for b in (1, 2, 4) if b < max_bs] + list(range(8, min(max_bs, 256) + 1, 8))
+    sizes += list(range(272, min(max_bs, 512) + 1, 16)) + list(range(544, max_bs + 1, 32))
     if not sizes or sizes[-1] != max_bs:
         sizes.append(max_bs)
     return sorted(set(sizes))
+
+
+def multi_step_batch_sizes(batch_sizes: list[int], max_bs: int) -> list[int]:
+    """The ladder sizes that get a multi-step graph: powers of two up to 32, then every multiple of 32, and
+    the largest. Each costs ``steps`` forwards to capture, so not every size gets one; large batches are
+    compute-bound, so padding them to the next multiple of 32 costs at most a few percent."""
+    top = max([b for b in batch_sizes if b <= max_bs] or [batch_sizes[0]])
+    return [b for b in batch_sizes if b <= top and ((b <= 32 and b & (b - 1) == 0) or b % 32 == 0 or b == top)]
 
 
 class CudaGraphRunner:
@@ -101,17 +111,14 @@ class CudaGraphRunner:
         from tqdm.auto import tqdm
 
         self.steps = steps
-        # powers of two (and the largest): a multi-step graph per ladder size would double start-up for rows
-        # that cost little to pad (decode is weight-bound up to a few hundred rows)
-        top = max([b for b in self.batch_sizes if b <= max_bs] or [self.batch_sizes[0]])
-        sizes = [b for b in self.batch_sizes if b <= top and (b & (b - 1) == 0 or b == top)]
+        sizes = multi_step_batch_sizes(self.batch_sizes, max_bs)
         n = self.max_bs
         self.ms_ids = torch.zeros(steps + 1, n, dtype=torch.int64, device=self.device)
         self.ms_pos = torch.zeros(steps, n, dtype=torch.int64, device=self.device)
         self.ms_loc = torch.zeros(steps, n, dtype=torch.int64, device=self.device)
         self.ms_seq = torch.ones(steps, n, dtype=torch.int64, device=self.device)
         self.ms_graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        n_in = 2 * n + 2 * steps * n  # ids, rows, positions, slots
+        n_in = 3 * n + 2 * steps * n  # ids, carry, rows, positions, slots
         self.ms_host_in = [torch.empty(n_in, dtype=torch.int64, pin_memory=True) for _ in range(2)]
         self.ms_host_out = [torch.empty(steps * n, dtype=torch.int64, pin_memory=True) for _ in range(2)]
         self._ms_flip = 0
@@ -142,19 +149,21 @@ class CudaGraphRunner:
         self.ms_max_bs = max(sizes)
         torch.cuda.synchronize(self.device)
 
-    def launch_multi_step(self, input_ids: Optional[list[int]], positions: list[int], locs: torch.Tensor,
-                          rows: list[int]) -> "MultiStepLaunch":
+    def launch_multi_step(self, input_ids: list[int], positions: list[int], locs: torch.Tensor, rows: list[int],
+                          carry: Optional[list[int]] = None) -> "MultiStepLaunch":
         """Enqueue ``steps`` greedy tokens per request and return at once; the tokens arrive in a pinned
         host buffer (``MultiStepLaunch.tokens()`` waits for them). ``positions`` are each request's first
-        new position; ``locs`` [steps, B] the KV slots of the steps. ``input_ids`` None: the batch is the
-        previous launch's, in the same order, and goes on from that launch's last tokens on the device.
+        new position; ``locs`` [steps, B] the KV slots of the steps (written into the device's request
+        table here; the caller keeps its host copy). ``carry[i] >= 0``: row i goes on from
+        the last token of row ``carry[i]`` of the previous launch, still on the device (its ``input_ids``
+        entry is ignored), so a launch can follow one whose tokens the host has not seen yet, even when
+        requests left the batch in between.
         Nothing here waits for the GPU (pinned staging both ways), so the host can commit the previous
         launch's tokens while this one runs."""
         bs, k = len(positions), self.steps
         gbs = min(b for b in self.ms_graphs if b >= bs)
-        n_ids = 0 if input_ids is None else bs
         pos = torch.tensor(positions, dtype=torch.int64).view(1, bs) + torch.arange(k).view(k, 1)
-        host = torch.cat([torch.tensor((input_ids or []) + rows, dtype=torch.int64), pos.flatten(),
+        host = torch.cat([torch.tensor(input_ids + (carry or []) + rows, dtype=torch.int64), pos.flatten(),
                           locs.to(torch.int64).flatten()])
         # two pinned buffers each way, used alternately: the one written now was last read by the launch
         # before the previous one, which the caller has waited for
@@ -163,13 +172,15 @@ class CudaGraphRunner:
         staged = self.ms_host_in[flip][:host.numel()]
         staged.copy_(host)
         dev = staged.to(self.device, non_blocking=True)
-        ids_t, rows_t, pos_t, loc_t = dev.split([n_ids, bs, k * bs, k * bs])
+        ids_t, carry_t, rows_t, pos_t, loc_t = dev.split([bs, bs if carry else 0, bs, k * bs, k * bs])
+        if carry:  # before anything below overwrites ms_ids: the previous launch's last tokens are row k
+            ids_t = torch.where(carry_t >= 0, self.ms_ids[k].index_select(0, carry_t.clamp(min=0)), ids_t)
         if gbs != bs:
             self.ms_pos[:, bs:gbs].fill_(0)
             self.ms_loc[:, bs:gbs].fill_(0)
             self.ms_seq[:, bs:gbs].fill_(1)
             self.req_pool_indices[bs:gbs].fill_(0)
-        self.ms_ids[0, :bs].copy_(self.ms_ids[k, :bs] if input_ids is None else ids_t)
+        self.ms_ids[0, :bs].copy_(ids_t)
         self.req_pool_indices[:bs].copy_(rows_t)
         self.ms_pos[:, :bs].copy_(pos_t.view(k, bs))
         self.ms_loc[:, :bs].copy_(loc_t.view(k, bs))

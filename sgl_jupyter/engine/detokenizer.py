@@ -34,9 +34,28 @@ class DecodeState:
         self.read_offset = len(self._ids)
 
 
+def raw_decoder(tokenizer):
+    """The Rust tokenizer under a fast HF tokenizer, when its ``decode`` gives what ``tokenizer.decode``
+    gives (no clean-up of tokenization spaces on top): it saves the Python wrapper's microseconds, twice
+    per generated token. None when they differ on a probe or there is no Rust tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        ids = tokenizer.encode("Hello , world . It ' s \"a\" test ! 你好 🙂 \n", add_special_tokens=False)
+        ids += list(getattr(tokenizer, "all_special_ids", []))[:3]
+        for skip in (True, False):
+            if backend.decode(ids, skip_special_tokens=skip) != tokenizer.decode(ids, skip_special_tokens=skip):
+                return None
+    except Exception:  # noqa: BLE001 - any doubt: the wrapper it is
+        return None
+    return backend
+
+
 class IncrementalDetokenizer:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self._raw = raw_decoder(tokenizer)
 
     def new_state(self, prompt_ids: list[int], stop: list[str], skip_special_tokens: bool = True,
                   spaces_between_special_tokens: bool = True, no_stop_trim: bool = False) -> DecodeState:
@@ -45,6 +64,8 @@ class IncrementalDetokenizer:
                            spaces_between_special_tokens=spaces_between_special_tokens, no_stop_trim=no_stop_trim)
 
     def _decode(self, st: DecodeState, ids: list[int]) -> str:
+        if self._raw is not None:  # fast tokenizers ignore spaces_between_special_tokens anyway
+            return self._raw.decode(ids, skip_special_tokens=st.skip_special_tokens)
         return self.tokenizer.decode(ids, skip_special_tokens=st.skip_special_tokens,
                                      spaces_between_special_tokens=st.spaces_between_special_tokens)
 

@@ -65,11 +65,17 @@ def kv_bytes_per_token(num_layers: int, kv_heads: int, head_dim: int, dtype: tor
 
 
 class ReqToTokenPool:
-    """``table[row, pos]`` is the KV slot of token ``pos`` of the request that holds ``row``."""
+    """``table[row, pos]`` is the KV slot of token ``pos`` of the request that holds ``row``.
+
+    On a GPU the kernels read ``table`` on the device, and the scheduler keeps ``host``, a copy in CPU
+    memory that every write goes to as well: reading the device table back (to free a finished request's
+    slots, say) would wait for the GPU, which defeats launching the next decode before committing the last.
+    Writes are ordered with the kernels on the current stream and never wait for them."""
 
     def __init__(self, max_reqs: int, max_context: int, device: torch.device):
         self.max_reqs, self.max_context = max_reqs, max_context
         self.table = torch.zeros(max_reqs, max_context, dtype=torch.int32, device=device)
+        self.host = self.table if self.table.device.type == "cpu" else torch.zeros_like(self.table, device="cpu")
         self._free_rows = list(range(max_reqs - 1, -1, -1))
 
     @property
@@ -83,8 +89,26 @@ class ReqToTokenPool:
         assert row not in self._free_rows, "request row double free"
         self._free_rows.append(row)
 
+    def _to_device(self, values: torch.Tensor) -> torch.Tensor:
+        # from pageable memory, non_blocking stages the bytes at once and does not wait for the stream
+        return values.to(device=self.table.device, dtype=torch.int32, non_blocking=True)
+
     def write(self, row: int, start: int, slots: torch.Tensor) -> None:
-        self.table[row, start:start + slots.numel()] = slots.to(device=self.table.device, dtype=torch.int32)
+        slots = slots.to("cpu", torch.int32)
+        self.host[row, start:start + slots.numel()] = slots
+        if self.host is not self.table:
+            self.table[row, start:start + slots.numel()] = self._to_device(slots)
+
+    def mirror_cells(self, rows: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> None:
+        """Record in the host copy ``table[rows[i], positions[i]] = slots[i]`` (CPU int64 tensors of one
+        shape), cells a decode step writes on the device itself from the index tensors it already has."""
+        self.host[rows.flatten(), positions.flatten()] = slots.flatten().to(torch.int32)
+
+    def clear(self, row: int, start: int, end: int) -> None:
+        self.host[row, start:end] = 0
+        if self.host is not self.table:
+            self.table[row, start:end] = 0
 
     def read(self, row: int, end: int, start: int = 0) -> torch.Tensor:
-        return self.table[row, start:end].to(torch.int64)
+        """Slots of positions ``start..end`` of ``row`` (int64, CPU; never waits for the GPU)."""
+        return self.host[row, start:end].to(torch.int64)

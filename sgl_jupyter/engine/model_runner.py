@@ -50,10 +50,10 @@ class ModelRunner:
         return getattr(self.graphs, "ms_max_bs", 0) if self.graphs is not None else 0
 
     @torch.inference_mode()
-    def launch_decode_multi_step(self, input_ids: Optional[list[int]], positions: list[int], locs: torch.Tensor,
-                                 rows: list[int]) -> MultiStepLaunch:
+    def launch_decode_multi_step(self, input_ids: list[int], positions: list[int], locs: torch.Tensor,
+                                 rows: list[int], carry: Optional[list[int]] = None) -> MultiStepLaunch:
         self.forward_calls += 1
-        return self.graphs.launch_multi_step(input_ids, positions, locs, rows)
+        return self.graphs.launch_multi_step(input_ids, positions, locs, rows, carry)
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> torch.Tensor:

@@ -41,7 +41,7 @@ def kv_capacity(args: EngineArgs, loaded: LoadedModel, tp_size: int = 1) -> int:
         return args.max_total_tokens
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        frac = args.mem_fraction_static or 0.85
+        frac = args.gpu_mem_fraction()
         budget = free - total * (1 - frac)
         if budget < per_token * 256:
             raise KVCacheOOMError(
@@ -68,7 +68,7 @@ def build_rank(args: EngineArgs, loaded: LoadedModel, size: int, attention_backe
     heads, kv_heads, head_dim = local_attention_heads(cfg, tp_size)
     ctx = args.context_length or getattr(cfg, "max_position_embeddings", 4096)
     max_context = int(min(ctx, size))
-    default_running = 256 if device.type == "cuda" else 128
+    default_running = 512 if device.type == "cuda" else 128  # = the default cuda_graph_max_bs
     max_running = int(args.max_running_requests or min(default_running, max(size // 16, 1)))
     kv_pool = KVPool(size, cfg.num_hidden_layers, kv_heads, head_dim, loaded.dtype, device)
     req_pool = req_pool_cls(max_running + 8, max_context + 1, device)
@@ -83,8 +83,17 @@ def build_rank(args: EngineArgs, loaded: LoadedModel, size: int, attention_backe
     decode = backend("triton") if graphs and attention_backend == "flashinfer" else None
     runner = ModelRunner(loaded, kv_pool, req_pool, backend(attention_backend), decode)
     if graphs:
-        runner.capture_cuda_graphs(min(args.cuda_graph_max_bs, max_running), progress=progress)
-        steps = args.num_continuous_decode_steps or DEFAULT_DECODE_STEPS
-        if steps > 1 and tp_size == 1:  # TP ranks replay one step per broadcast batch, in lockstep
-            runner.capture_multi_step(steps, min(args.cuda_graph_max_bs, max_running), progress=progress)
+        max_bs = min(args.cuda_graph_max_bs, max_running)
+        try:
+            runner.capture_cuda_graphs(max_bs, progress=progress)
+            steps = args.num_continuous_decode_steps or DEFAULT_DECODE_STEPS
+            if steps > 1 and tp_size == 1:  # TP ranks replay one step per broadcast batch, in lockstep
+                runner.capture_multi_step(steps, max_bs, progress=progress)
+        except torch.OutOfMemoryError as e:
+            runner.graphs = None
+            raise KVCacheOOMError(
+                f"out of GPU memory capturing decode CUDA graphs for up to {max_bs} rows after a KV cache of "
+                f"{size} tokens ({kv_pool.bytes_per_token() * size / 2**30:.1f} GiB): lower --mem-fraction-static "
+                f"(now {args.gpu_mem_fraction()}) to leave room for activations, or lower "
+                "--cuda-graph-max-bs / --max-running-requests, or --disable-cuda-graph") from e
     return RankState(kv_pool, req_pool, runner, max_context, max_running, (heads, kv_heads, head_dim))

@@ -56,6 +56,11 @@ class Req:
         return self.prompt_ids + self.output_ids
 
     @property
+    def last_id(self) -> int:
+        """``fill_ids[-1]`` without building the list (the decode input, per request and step)."""
+        return self.output_ids[-1] if self.output_ids else self.prompt_ids[-1]
+
+    @property
     def fill_len(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
 

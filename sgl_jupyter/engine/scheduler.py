@@ -413,7 +413,7 @@ class Scheduler:
         assert slots is not None
         input_ids, positions, rows, prefix_lens = [], [], [], []
         for req in batch:
-            input_ids.append(req.fill_ids[-1])
+            input_ids.append(req.last_id)
             positions.append(req.kv_len)
             rows.append(req.row)
             prefix_lens.append(req.kv_len)
@@ -421,6 +421,7 @@ class Scheduler:
                                 [1] * len(batch), self.req_pool.table, list(range(len(batch))), self.device)
         # each request's new slot goes into its table row: one scatter on the device, not one write each
         self.req_pool.table[fb.req_pool_indices, fb.positions] = fb.out_cache_loc.to(torch.int32)
+        self.req_pool.mirror_cells(torch.tensor(rows), torch.tensor(positions), slots)
         logits = self.runner.forward(fb)
         self._decode_steps += 1
         if self._decode_steps % 64 == 0 and logger.isEnabledFor(logging.INFO):
@@ -436,36 +437,42 @@ class Scheduler:
     def _multi_step_ok(self, batch: list[Req], pending: int = 0) -> bool:
         """Several decode steps per launch (CUDA graphs) pay off when the host has nothing to do between
         tokens: every request greedy and free of grammar, penalties, logprobs and pending min_new_tokens,
-        nobody waiting who could be admitted now (a request row free), and room in the KV pool and the context
-        for all the steps.
+        nobody waiting who could be admitted now (a request row free), room in the KV pool and the context
+        for all the steps, and few steps run past the requests' max_new_tokens (a request that ends inside
+        a launch wastes the rest of it; at most a quarter of the launch's rows may be such waste).
         ``pending``: tokens per request launched but not yet committed (their KV is in ``kv_len``)."""
         k = self.continuous_decode_steps
         admissible = self.waiting and self.num_running < self.limits.max_running
-        if admissible or len(batch) > self.runner.multi_step_batch_limit():
+        if admissible or not batch or len(batch) > self.runner.multi_step_batch_limit():
             return False
+        waste = 0
         for r in batch:
             p = r.params
             if (not p.is_greedy or r.grammar is not None or r.return_logprob or p.needs_penalties
                     or len(r.output_ids) < p.min_new_tokens or r.abort_requested
-                    or r.kv_len + k >= self.limits.max_context
-                    or len(r.output_ids) + pending + 1 >= p.max_new_tokens):
+                    or r.kv_len + k >= self.limits.max_context):
                 return False
+            waste += max(0, k - (p.max_new_tokens - len(r.output_ids) - pending))
+        if 4 * waste > k * len(batch):
+            return False
         need = k * len(batch)
         if self.kv_pool.free_size < need:
             self.cache.evict(need - self.kv_pool.free_size)
         return self.kv_pool.free_size >= need
 
-    def _run_decode_multi_step(self, batch: list[Req], from_device: bool = False) -> None:
+    def _run_decode_multi_step(self, batch: list[Req], carry: Optional[list[int]] = None) -> None:
         """Launch ``continuous_decode_steps`` greedy tokens per request in one graph and leave them in
         flight: the next step commits them, one at a time as single steps would (a request that stops
         early gives back the KV of the steps it did not need; its output is the same as step-by-step
-        decoding). When the batch goes on unchanged, that step first launches the following steps from
-        the tokens still on the device, so the host's work on one launch overlaps the GPU's on the next
-        (SGLang's overlap scheduling, for multi-step decode)."""
+        decoding). ``carry[i]``: the index in the launch in flight whose last token feeds ``batch[i]`` (it
+        is still on the device); see ``_step_in_flight``."""
         k, n = self.continuous_decode_steps, len(batch)
         locs = self.kv_pool.alloc(k * n).view(k, n)
-        launch = self.runner.launch_decode_multi_step(None if from_device else [r.fill_ids[-1] for r in batch],
-                                                      [r.kv_len for r in batch], locs, [r.row for r in batch])
+        rows = torch.tensor([r.row for r in batch])
+        positions = torch.tensor([r.kv_len for r in batch]).view(1, n) + torch.arange(k).view(k, 1)
+        self.req_pool.mirror_cells(rows.expand(k, n), positions, locs)  # the launch writes the device's
+        launch = self.runner.launch_decode_multi_step([r.last_id for r in batch], [r.kv_len for r in batch],
+                                                      locs, [r.row for r in batch], carry)
         self._decode_steps += k
         self._last_num_tokens = n
         self.forward_tokens_total += k * n
@@ -474,13 +481,21 @@ class Scheduler:
         self._in_flight = InFlight(list(batch), launch)
 
     def _step_in_flight(self) -> None:
-        """Commit the launch in flight; before that, launch the next steps if the batch goes on as it is
-        and nothing else wants the GPU."""
+        """Commit the launch in flight; before that, launch the next steps for the requests that go on
+        (SGLang's overlap scheduling, for multi-step decode), so the host's work on one launch overlaps
+        the GPU's on the next. Who goes on is known before the commit except for stops the host has not
+        seen yet (EOS, stop strings): the requests that reach max_new_tokens in the launch, and aborted
+        ones, are left out; one that stops early runs one launch too many, whose tokens are dropped and
+        whose KV goes back when it finishes."""
         prev, self._in_flight = self._in_flight, None
-        same = len(prev.batch) == len(self.running) and all(a is b for a, b in zip(prev.batch, self.running))
-        if same and self.chunked is None and self._multi_step_ok(prev.batch, pending=self.continuous_decode_steps):
-            self._run_decode_multi_step(prev.batch, from_device=True)
-            self.overlapped_launches += 1
+        k = self.continuous_decode_steps
+        index = {id(r): i for i, r in enumerate(prev.batch)}  # requests stopped earlier are not running
+        if self.chunked is None and all(id(r) in index for r in self.running):
+            nxt = [r for r in self.running
+                   if not r.abort_requested and len(r.output_ids) + k < r.params.max_new_tokens]
+            if self._multi_step_ok(nxt, pending=k):
+                self._run_decode_multi_step(nxt, carry=[index[id(r)] for r in nxt])
+                self.overlapped_launches += 1
         self._commit_launch(prev)
 
     def _commit_launch(self, launch: InFlight) -> None:
@@ -573,7 +588,7 @@ class Scheduler:
             return
         assert kv_len >= req.cache_protected_len, "the prefix cache's slots are not the request's to free"
         self.kv_pool.free(self.req_pool.read(req.row, req.kv_len, start=kv_len))
-        self.req_pool.table[req.row, kv_len:req.kv_len] = 0
+        self.req_pool.clear(req.row, kv_len, req.kv_len)
         req.kv_len = kv_len
 
     # ------------------------------------------------------------------ sampling and outputs

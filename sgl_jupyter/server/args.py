@@ -33,7 +33,8 @@ _HELP = {
     "cpu_kv_budget_gb": "KV-cache budget on CPU, GiB.",
     "max_running_requests": "Most requests decoded together (alias --max-num-sequences).",
     "max_queued_requests": "Most requests waiting beyond the running batch; more get HTTP 503 + Retry-After.",
-    "chunked_prefill_size": "Prefill long prompts in chunks of this many tokens (-1: off).",
+    "chunked_prefill_size": "Prefill long prompts in chunks of this many tokens (-1: off; default 8192 on CUDA, "
+                            "2048 on CPU).",
     "max_prefill_tokens": "Token budget of one prefill batch.",
     "schedule_policy": "lpm = longest prefix match first (radix-cache friendly), fcfs = arrival order.",
     "disable_radix_cache": "Do not reuse KV across requests (the no-prefix-cache baseline).",

@@ -38,3 +38,26 @@ def test_text_that_may_start_a_stop_string_is_held_back(tokenizer):
     assert d.take_delta(st) == "abc "
     d.append(st, tokenizer.encode("ART", add_special_tokens=False))
     assert d.take_delta(st, final=True) == "START"
+
+
+def test_rust_fast_path_decodes_as_the_wrapper(tokenizer):
+    """The embedded (fast) tokenizer takes the Rust decode path, and every incremental delta, special
+    tokens skipped or kept, is what ``tokenizer.decode`` would have produced."""
+    import random
+
+    fast, wrapper = IncrementalDetokenizer(tokenizer), IncrementalDetokenizer(tokenizer)
+    assert fast._raw is not None
+    wrapper._raw = None
+    rng = random.Random(0)
+    ids = tokenizer.encode("Hi , there . 你好，世界！🙂 ' quoted ' \n\t end", add_special_tokens=False)
+    ids += [rng.randrange(tokenizer.vocab_size) for _ in range(200)] + tokenizer.all_special_ids[:3]
+    for skip in (True, False):
+        deltas = []
+        for d in (fast, wrapper):
+            st = d.new_state([1], [], skip_special_tokens=skip)
+            out = []
+            for i in ids:
+                d.append(st, [i])
+                out.append(d.take_delta(st))
+            deltas.append(out + [d.take_delta(st, final=True)])
+        assert deltas[0] == deltas[1]

@@ -102,6 +102,49 @@ def test_overlapped_multi_step_streams_aborts_and_leaks_nothing(model_path, hf_c
         _free(eng)
 
 
+def test_overlap_goes_on_while_requests_leave_the_batch(model_path, hf_cuda_refs):
+    """Requests with different max_new_tokens leave a multi-step batch at different launches; the next
+    launch is still enqueued before the previous one is committed, its rows fed from the device tokens of
+    the rows that go on (``carry``), and every output equals HF's greedy tokens (cut at its own length),
+    with no KV leaked. Such a step never waits for the GPU except for the launch it commits (CUDA's sync
+    debug mode raises inside it otherwise): finishing requests free their KV from the host's copy of the
+    request table, not by reading the device's."""
+    from sgl_jupyter import Engine
+
+    prompts, refs = hf_cuda_refs
+    eng = Engine(model_path, device="cuda", dtype="float32", attention_backend="triton",
+                 num_continuous_decode_steps=4, max_total_tokens=20000, cuda_graph_max_bs=16)
+    carried = []  # (rows in the launch, rows fed from a different index of the launch before)
+    launch = eng.runner.launch_decode_multi_step
+
+    def spy(input_ids, positions, locs, rows, carry=None):
+        if carry:
+            carried.append((len(carry), sum(c != i for i, c in enumerate(carry))))
+        return launch(input_ids, positions, locs, rows, carry)
+
+    eng.runner.launch_decode_multi_step = spy
+    step_in_flight = eng.scheduler._step_in_flight
+
+    def no_sync_step():
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step_in_flight()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    eng.scheduler._step_in_flight = no_sync_step
+    try:
+        lens = [MAX_NEW - (i * 3) % 11 for i in range(len(prompts))]
+        outs = eng.generate(prompts, [{"max_new_tokens": n, "temperature": 0} for n in lens])
+        assert [o["output_ids"] for o in outs] == [ref[:n] for ref, n in zip(refs, lens)]
+        assert eng.scheduler.overlapped_launches > 0
+        assert any(moved for _, moved in carried), carried  # a launch after some rows had left
+        assert_no_leak(eng)
+        assert torch.equal(eng.req_pool.host, eng.req_pool.table.cpu())  # every write reached both copies
+    finally:
+        _free(eng)
+
+
 def test_auto_backend_in_float32_avoids_flashinfer(model_path):
     """FlashInfer has no float32 kernels: auto picks Triton, and asking for it names the fix."""
     from sgl_jupyter import Engine

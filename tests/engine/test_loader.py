@@ -91,3 +91,20 @@ def test_dummy_weights_from_config_alone(tmp_path, model_path):
     with Engine(str(tmp_path), load_format="dummy", device="cpu", max_total_tokens=256) as eng:
         out = eng.generate(input_ids=[1, 2, 3], sampling_params={"max_new_tokens": 4, "ignore_eos": True})
     assert len(out["output_ids"]) == 4
+
+
+def test_graph_ladders_and_prefill_chunk_defaults():
+    """Decode graphs every 8 rows up to 256, coarser above; multi-step graphs at powers of two up to 32 and
+    every multiple of 32 (padding a large batch to the next one wastes a few percent of compute-bound
+    rows); prefill chunks of 8192 tokens on CUDA, 2048 on CPU, unless set."""
+    from sgl_jupyter.engine.config import EngineArgs
+    from sgl_jupyter.engine.cuda_graph_runner import capture_batch_sizes, multi_step_batch_sizes
+
+    ladder = capture_batch_sizes(512)
+    assert ladder[:4] == [1, 2, 4, 8] and 256 in ladder and 264 not in ladder and 272 in ladder
+    assert ladder[-1] == 512 and capture_batch_sizes(20)[-1] == 20
+    ms = multi_step_batch_sizes(ladder, 512)
+    assert ms == [1, 2, 4, 8, 16, 32] + list(range(64, 513, 32))
+    assert multi_step_batch_sizes(capture_batch_sizes(20), 20) == [1, 2, 4, 8, 16, 20]
+    assert EngineArgs().prefill_chunk("cuda") == 8192 and EngineArgs().prefill_chunk("cpu") == 2048
+    assert EngineArgs(chunked_prefill_size=-1).prefill_chunk("cuda") == -1

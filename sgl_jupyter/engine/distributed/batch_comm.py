@@ -44,8 +44,8 @@ class TrackedReqToTokenPool(ReqToTokenPool):
         starts = [self.dirty[r][0] for r in rows]
         lens = [self.dirty[r][1] - self.dirty[r][0] for r in rows]
         self.dirty = {}
-        values = torch.cat([self.table[r, s:s + n] for r, s, n in zip(rows, starts, lens)])
-        return rows, starts, lens, values.to(torch.int64).cpu()
+        values = torch.cat([self.read(r, s + n, start=s) for r, s, n in zip(rows, starts, lens)])
+        return rows, starts, lens, values
 
 
 def send_batch(tp: TPGroup, fb: ForwardBatch, table: TrackedReqToTokenPool) -> None:
