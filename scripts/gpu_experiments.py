@@ -156,7 +156,106 @@ def sampler_diag():
     return out
 
 
-EXPS = {"sampler": sampler_diag, "gemv": gemv_variants, "timeline_4": lambda: timeline(4),
+def offline_anatomy():
+    """The offline bench's engine run (512 mixed requests, Llama-3-8B shape), step by step: how much wall
+    time prefill and decode take, at which batch sizes, how many launches overlapped; then the same
+    requests under older limits (prefill chunks of 2048, 256 running) to see what each is worth."""
+    from sgl_jupyter import Engine
+    from sgl_jupyter.bench.latency import resolve_model_path
+    from sgl_jupyter.bench.workload import mixed_requests
+
+    t0 = time.perf_counter()
+    eng = Engine(resolve_model_path("llama3-8b"), load_format="dummy", device="cuda", mem_fraction_static=0.5,
+                 tokenizer_path=os.environ.get("SGL_TOK"))
+    out = {"startup_s": time.perf_counter() - t0, "max_running": eng.max_running,
+           "kv_tokens": eng.kv_pool.size, "chunk": eng.scheduler.limits.chunked_prefill_size}
+    sch = eng.scheduler
+    reqs = mixed_requests(512, min_out=16, max_out=64)
+    prompts = [r.prompt for r in reqs]
+    params = [{"max_new_tokens": r.max_new_tokens, "temperature": 0, "ignore_eos": True} for r in reqs]
+    steps = []
+    orig = sch.step
+
+    def step():
+        t = time.perf_counter()
+        ran = orig()
+        if ran:
+            b = sch.last_batch
+            steps.append((b["mode"], b["batch_size"], sch._last_num_tokens, time.perf_counter() - t))
+        return ran
+    sch.step = step
+
+    import gc
+    pauses = []
+    gc_start = {}
+
+    def on_gc(phase, info):
+        if phase == "start":
+            gc_start["t"] = time.perf_counter()
+        elif "t" in gc_start:
+            pauses.append((info["generation"], time.perf_counter() - gc_start.pop("t")))
+    gc.callbacks.append(on_gc)
+
+    def one(label):
+        eng.flush_cache()
+        steps.clear()
+        pauses.clear()
+        ov0 = sch.overlapped_launches
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        res = eng.generate(prompts, params)
+        dt = time.perf_counter() - t
+        in_steps = sum(d for *_, d in steps)
+        agg = defaultdict(lambda: [0, 0.0, 0])
+        for mode, bs, ntok, d in steps:
+            a = agg[mode]
+            a[0] += 1
+            a[1] += d
+            a[2] += ntok
+        hist = defaultdict(float)
+        for mode, bs, ntok, d in steps:
+            if mode == "decode":
+                hist[min(b for b in (8, 32, 64, 128, 256, 384, 512, 10**9) if bs <= b)] += d
+        out[label] = {"seconds": dt, "tokens": sum(o["meta_info"]["completion_tokens"] for o in res),
+                      "overlapped": sch.overlapped_launches - ov0, "outside_steps_s": round(dt - in_steps, 4),
+                      "gc_pauses": {g: [sum(1 for x, _ in pauses if x == g),
+                                        round(sum(p for x, p in pauses if x == g), 4)] for g in (0, 1, 2)},
+                      "by_mode": {m: {"steps": a[0], "seconds": round(a[1], 4), "tokens": a[2]} for m, a in agg.items()},
+                      "decode_seconds_by_bs": {str(k): round(v, 4) for k, v in sorted(hist.items())},
+                      "first_steps": [(m, b, n, round(d * 1e3, 2)) for m, b, n, d in steps[:40]]}
+        print(label, json.dumps({k: v for k, v in out[label].items() if k != "first_steps"}), flush=True)
+
+    try:
+        eng.generate(prompts[:2], {"max_new_tokens": 4, "ignore_eos": True})
+        one("default")
+        one("default_again")
+        lim = sch.limits
+        lim.chunked_prefill_size = 2048
+        one("chunk_2048")
+        lim.chunked_prefill_size, lim.max_running = 8192, 256
+        one("running_256")
+        lim.max_running = eng.max_running
+        g = eng.runner.graphs
+        out["ms4_replay_ms"] = {bs: round(cuda_time(g.ms_graphs[bs].replay, 10), 3) for bs in (32, 64, 128, 256, 512)}
+        out["step1_replay_ms"] = {bs: round(cuda_time(g.graphs[bs].replay, 10), 3) for bs in (32, 64, 128, 256, 512)}
+        t = time.perf_counter()
+        eng.runner.capture_multi_step(8, eng.max_running)
+        out["capture_ms8_s"] = time.perf_counter() - t
+        sch.continuous_decode_steps = 8
+        one("k8")
+        out["ms8_replay_ms"] = {bs: round(cuda_time(g.ms_graphs[bs].replay, 10), 3) for bs in (256, 512)}
+        eng.flush_cache()
+        steps.clear()
+        t = time.perf_counter()
+        eng.generate(prompts, [{**p, "max_new_tokens": 1} for p in params])
+        out["prefill_only_s"] = time.perf_counter() - t
+    finally:
+        eng.shutdown()
+        torch.cuda.empty_cache()
+    return out
+
+
+EXPS = {"offline_anatomy": offline_anatomy, "sampler": sampler_diag, "gemv": gemv_variants, "timeline_4": lambda: timeline(4),
         "timeline_4_cublas": lambda: timeline(4, False), "timeline_8": lambda: timeline(8),
         "timeline_16": lambda: timeline(16), "timeline_1": lambda: timeline(1)}
 for name in (sys.argv[1:] or list(EXPS)):

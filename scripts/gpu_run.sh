@@ -2,7 +2,8 @@
 # GPU entry (`make gpu-test`): the one-call recipe for a CUDA machine, e.g. through the device tool.
 #   bash scripts/gpu_run.sh [STAGE ...]       default stages: tests latency offline multiturn
 # Stages: tests (kernel-tests + engine-tests), latency, latency-static (adds the HF static-cache +
-# torch.compile peer, minutes of compile), offline, multiturn, stash (only keep carried model parts).
+# torch.compile peer, minutes of compile), offline, multiturn, anatomy (where the offline run's time goes),
+# stash (only keep carried model parts).
 # Results (logs, JSON, tables) go to ${OUT:-artifacts/gpu}.
 #
 # What it needs beside torch/triton/transformers (a bare GPU box has no registry):
@@ -44,23 +45,28 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 
+# the shipped 8B/7B configs have no tokenizer: a carried .tok/ (the embedded model's tokenizer files) spares the
+# benches the embedded model, so they run without the three stash calls
+TOKARGS=()
+[ -f .tok/tokenizer.json ] && { TOKARGS=(--tokenizer-path .tok); export SGL_TOK=.tok; }
 bench() {  # bench NAME ARGS...: table on stdout and in $OUT/NAME.txt, JSON in $OUT
   local name=$1; shift
-  python3 -m sgl_jupyter.bench "$@" --out "$OUT" 2>&1 | grep -v "it/s\]$" | tee "$OUT/$name.txt"
+  python3 -m sgl_jupyter.bench "$@" "${TOKARGS[@]}" --out "$OUT" 2>&1 | grep -v "it/s\]$" | tee "$OUT/$name.txt"
 }
-gpu_pytest() {  # gpu_pytest LOGNAME PATHS...; extra pytest arguments in $PYTEST_ARGS
+gpu_pytest() {  # gpu_pytest LOGNAME PATHS...; extra pytest arguments in $PYTEST_ARGS, a -k expression in $PYTEST_K
   local name=$1; shift
   # shellcheck disable=SC2086
-  python3 -m pytest -m gpu -q -p no:cacheprovider --durations=15 ${PYTEST_ARGS:-} "$@" 2>&1 | tee "$OUT/$name.log"
+  python3 -m pytest -m gpu -q -p no:cacheprovider --durations=15 ${PYTEST_K:+-k "$PYTEST_K"} ${PYTEST_ARGS:-} "$@" \
+    2>&1 | tee "$OUT/$name.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 }
 rc=0
 for stage in "${STAGES[@]}"; do
   echo "=== $stage ($(date +%T))"
   case $stage in
-    tests) gpu_pytest tests tests/kernels tests/engine/test_gpu_engine.py ;;
+    tests) gpu_pytest tests tests/kernels tests/engine/test_gpu_engine.py tests/engine/test_gpu_memory.py ;;
     kernel-tests) gpu_pytest kernel_tests tests/kernels ;;
-    engine-tests) gpu_pytest engine_tests tests/engine/test_gpu_engine.py ;;
+    engine-tests) gpu_pytest engine_tests tests/engine/test_gpu_engine.py tests/engine/test_gpu_memory.py ;;
     latency) bench latency latency --model-path llama3-8b --load-format dummy --peers hf ;;
     latency-static) bench latency_static latency --model-path llama3-8b --load-format dummy --peers hf,hf_static ;;
     latency-qwen) bench latency_qwen latency --model-path qwen2-7b --load-format dummy --peers hf ;;
@@ -68,6 +74,7 @@ for stage in "${STAGES[@]}"; do
                --hf-batch-size 64 --hf-generate-batch ;;
     multiturn) bench multiturn multiturn --model-path sgl_jupyter/bench/configs/llama3_8b --load-format dummy \
                  --num-users 16 --system-tokens 2048 --user-tokens 128 --answer-tokens 32 ;;
+    anatomy) python3 scripts/gpu_experiments.py offline_anatomy 2>&1 | tee "$OUT/anatomy.txt" ;;
     profile) python3 scripts/gpu_decode_profile.py --out "$OUT" 2>&1 | tee "$OUT/profile.txt" ;;
     kernels-check) [ -f scripts/gpu_kernels_check.py ] && python3 scripts/gpu_kernels_check.py --out "$OUT" 2>&1 \
              | tee "$OUT/kernels.log" ;;

@@ -14,7 +14,7 @@ def _offline(args) -> "object":
 
     return run(OfflineConfig(model_path=resolve_model_path(args.model_path), num_requests=args.num_requests, device=args.device,
                              dtype=args.dtype, load_format=args.load_format, hf_batch_size=args.hf_batch_size,
-                             hf_generate_batch=args.hf_generate_batch))
+                             hf_generate_batch=args.hf_generate_batch, engine_kwargs=args.engine_kwargs))
 
 
 def _module_cli(module: str):
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--load-format", default="auto", help="dummy: random weights from the model's config.json")
+    p.add_argument("--tokenizer-path", default=None, help="tokenizer directory, when the model's has none (the "
+                                                         "shipped configs; default: the embedded model's)")
     p.add_argument("--num-requests", type=int, default=64)
     p.add_argument("--hf-batch-size", type=int, default=64)
     p.add_argument("--hf-generate-batch", action="store_true")
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from .latency import resolve_model_path
 
     args.model_path = resolve_model_path(args.model_path)
+    args.engine_kwargs = {"tokenizer_path": args.tokenizer_path} if args.tokenizer_path else {}
     df = BENCHES[args.name](args)
     import pandas as pd
 

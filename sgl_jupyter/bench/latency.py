@@ -203,4 +203,4 @@ def run_cli(args) -> pd.DataFrame:
     peers = tuple(p for p in (args.peers or "hf").split(",") if p)
     return run(LatencyConfig(model_path=args.model_path, load_format=args.load_format, dtype=args.dtype,
                              device=args.device, input_len=args.input_len, output_len=args.output_len,
-                             peers=peers))
+                             peers=peers, engine_kwargs=getattr(args, "engine_kwargs", {})))

@@ -253,7 +253,7 @@ def plot(df: pd.DataFrame):
 def run_cli(args) -> pd.DataFrame:
     """Entry for ``python -m sgl_jupyter.bench multiturn`` (which prints ``summary`` and ``headline``)."""
     cfg = MultiturnConfig(model_path=args.model_path, device=args.device, dtype=args.dtype,
-                          load_format=args.load_format)
+                          load_format=args.load_format, engine_kwargs=getattr(args, "engine_kwargs", {}))
     for name in ("num_users", "num_turns", "system_tokens", "user_tokens", "answer_tokens"):
         if getattr(args, name, None):
             cfg = replace(cfg, **{name: getattr(args, name)})
