@@ -24,6 +24,7 @@ class EngineArgs:
     tokenizer_path: Optional[str] = None
     load_format: str = "auto"
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    quantization: Optional[str] = None  # a name from engine.quantization (weights of every linear layer)
     device: str = "auto"  # auto: cuda if available else cpu
     trust_remote_code: bool = False
     context_length: Optional[int] = None

@@ -64,6 +64,7 @@ class ColumnParallelLinear(nn.Module):
         local = sum(length for _, length, _ in self.parts)
         self.weight = nn.Parameter(torch.empty(local, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(local), requires_grad=False) if bias else None
+        self.quant_method = None  # a quantization.LinearQuantMethod, set by the loader
 
     def _parts(self, out_sizes: Sequence[int]) -> list[tuple[int, int, int]]:
         parts, offset = [], 0
@@ -74,6 +75,8 @@ class ColumnParallelLinear(nn.Module):
         return parts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant_method is not None:
+            return self.quant_method.apply(self, x, self.bias)
         return gemv.linear(x, self.weight, self.bias)
 
     def load_weight(self, param: torch.Tensor, src: WeightSource, shard_id: Optional[int] = None) -> None:
@@ -135,11 +138,17 @@ class RowParallelLinear(nn.Module):
         self.in_features = in_features // self.tp.size
         self.weight = nn.Parameter(torch.empty(out_features, self.in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+        self.quant_method = None  # a quantization.LinearQuantMethod, set by the loader
+
+    def _matmul(self, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.quant_method is not None:
+            return self.quant_method.apply(self, x, bias)
+        return gemv.linear(x, self.weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
-            return gemv.linear(x, self.weight, self.bias)
-        y = self.tp.all_reduce(gemv.linear(x, self.weight))
+            return self._matmul(x, self.bias)
+        y = self.tp.all_reduce(self._matmul(x, None))
         return y if self.bias is None else y + self.bias
 
     def load_weight(self, param: torch.Tensor, src: WeightSource, shard_id: Optional[int] = None) -> None:
