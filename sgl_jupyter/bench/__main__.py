@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-format", default="auto", help="dummy: random weights from the model's config.json")
     p.add_argument("--tokenizer-path", default=None, help="tokenizer directory, when the model's has none (the "
                                                          "shipped configs; default: the embedded model's)")
+    p.add_argument("--quantization", default=None, help="weights of every linear layer: a name from "
+                                                       "sgl_jupyter.engine.quantization (default: dense --dtype)")
     p.add_argument("--num-requests", type=int, default=64)
     p.add_argument("--hf-batch-size", type=int, default=64)
     p.add_argument("--hf-generate-batch", action="store_true")
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.model_path = resolve_model_path(args.model_path)
     args.engine_kwargs = {"tokenizer_path": args.tokenizer_path} if args.tokenizer_path else {}
+    if args.quantization:
+        args.engine_kwargs["quantization"] = args.quantization
     df = BENCHES[args.name](args)
     import pandas as pd
 

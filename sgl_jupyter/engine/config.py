@@ -98,6 +98,11 @@ class EngineArgs:
         check(self.num_continuous_decode_steps is None or 1 <= self.num_continuous_decode_steps <= 64,
               f"num_continuous_decode_steps must be in [1, 64], got {self.num_continuous_decode_steps}")
         check(self.cpu_kv_budget_gb > 0, f"cpu_kv_budget_gb must be > 0, got {self.cpu_kv_budget_gb}")
+        if self.quantization is not None:
+            from . import quantization
+
+            check(self.quantization in quantization.names(),
+                  f"quantization must be one of {quantization.names()} or None, got {self.quantization!r}")
         if self.disable_flashinfer and self.attention_backend == "flashinfer":
             raise InvalidRequestError("attention_backend='flashinfer' contradicts disable_flashinfer=True")
 

@@ -71,7 +71,8 @@ class Engine:
         self.loaded: LoadedModel = load_model(
             self.args.model_path, load_format=self.args.load_format, dtype=self.args.dtype, device=self.args.device,
             tokenizer_path=self.args.tokenizer_path, trust_remote_code=self.args.trust_remote_code,
-            seed=self.args.random_seed, tp=self.tp.group if self.tp is not None else None)
+            seed=self.args.random_seed, tp=self.tp.group if self.tp is not None else None,
+            quantization=self.args.quantization)
         self.tokenizer = self.loaded.tokenizer
         self.hf_config = self.loaded.hf_config
         self.device = self.loaded.device

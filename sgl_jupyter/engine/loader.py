@@ -14,6 +14,7 @@ import torch
 
 from .distributed.parallel_state import TPGroup, check_tp_size
 from .errors import KVCacheOOMError, ModelLoadError
+from .quantization import quantize_model
 from .models.registry import MODEL_REGISTRY, resolve_model_class
 
 logger = logging.getLogger(__name__)
@@ -156,8 +157,10 @@ def _default_dtype(dtype: torch.dtype):
 
 def load_model(model_path: str, *, load_format: str = "auto", dtype: str = "auto", device: str = "auto",
                tokenizer_path: Optional[str] = None, trust_remote_code: bool = False, seed: int = 0,
-               tp: Optional[TPGroup] = None, with_tokenizer: bool = True) -> LoadedModel:
-    """``tp``: this rank's place in a tensor-parallel group (the model holds and reads only its shard);
+               tp: Optional[TPGroup] = None, with_tokenizer: bool = True,
+               quantization: Optional[str] = None) -> LoadedModel:
+    """``quantization``: a name from ``engine.quantization`` applied to every linear layer after loading;
+    ``tp``: this rank's place in a tensor-parallel group (the model holds and reads only its shard);
     ``with_tokenizer=False``: tensor-parallel workers need no tokenizer (``LoadedModel.tokenizer`` is None)."""
     tp = tp or TPGroup()
     path = check_model_dir(model_path, load_format)
@@ -192,6 +195,11 @@ def load_model(model_path: str, *, load_format: str = "auto", dtype: str = "auto
             if missing:
                 raise ModelLoadError(f"weights missing from the checkpoint in {str(path)!r}: {sorted(missing)[:5]}"
                                      f"{' ...' if len(missing) > 5 else ''}")
+        with torch.no_grad():
+            try:
+                quantize_model(model, quantization, model_path=path, device=dev)
+            except ValueError as e:
+                raise ModelLoadError(f"quantization={quantization!r}: {e}") from e
     except torch.OutOfMemoryError as e:
         raise KVCacheOOMError(f"out of memory loading the weights of {str(path)!r} on {dev}: use a smaller model, "
                               "a smaller --dtype (bfloat16), or --tp-size > 1") from e

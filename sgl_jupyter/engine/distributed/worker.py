@@ -55,7 +55,7 @@ def _serve(rank: int, size: int, args_dict: dict, store_port: int, conn) -> None
     tp = TPGroup(rank, size)
     loaded = load_model(args.model_path, load_format=args.load_format, dtype=args.dtype, device=args.device,
                         tokenizer_path=args.tokenizer_path, trust_remote_code=args.trust_remote_code,
-                        seed=args.random_seed, tp=tp, with_tokenizer=False)
+                        seed=args.random_seed, tp=tp, with_tokenizer=False, quantization=args.quantization)
     conn.send(("loaded", kv_capacity(args, loaded, size)))
     msg = conn.recv()
     if msg[0] != "plan":

@@ -11,6 +11,7 @@ contract, so models, tensor parallelism and the scheduler never know which one a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -20,6 +21,10 @@ class LinearQuantMethod(ABC):
     """How one linear layer stores and multiplies its weight."""
 
     name: str = ""
+
+    def check(self, device: torch.device, model_path: Path) -> None:
+        """Raise ``ValueError`` with the fix when this method cannot run here (e.g. fp8 on a GPU without
+        FP8, or packed GGUF blocks for a model that came from no GGUF). Called once, before any layer."""
 
     @abstractmethod
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
@@ -52,3 +57,22 @@ def get_method(name: str) -> LinearQuantMethod:
     if name not in _REGISTRY:
         raise ValueError(f"quantization must be one of {names()} or None, got {name!r}")
     return _REGISTRY[name]()
+
+
+def linear_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """Every layer that has the ``quant_method`` hook, by qualified name (``model.layers.3.mlp.down_proj``)."""
+    return [(n, m) for n, m in model.named_modules() if hasattr(m, "quant_method")]
+
+
+def quantize_model(model: torch.nn.Module, name: Optional[str], *, model_path: Path, device: torch.device) -> None:
+    """The loader's one call once the dense weights are in place: give every linear layer the method named
+    ``name`` (one shared instance; per-layer state lives on the layer) and let it pack its weight.
+    ``layer.prefix`` tells a method which checkpoint tensor the layer is (GGUF blocks are looked up by it)."""
+    if name is None:
+        return
+    method = get_method(name)
+    method.check(device, Path(model_path))
+    for prefix, layer in linear_layers(model):
+        layer.prefix = prefix
+        layer.quant_method = method
+        method.process_weights_after_loading(layer)
