@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 SOURCE = Path(__file__).with_name("gguf_cpu.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+FLAGS = ["-O3", "-g", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8}  # GGML type ids the kernel takes
 BLOCK_BYTES = {2: 18, 3: 20, 8: 34}
 
@@ -104,7 +104,7 @@ def lib() -> ctypes.CDLL:
         so.gguf_linear.restype = None
         so.gguf_dequantize.argtypes = [i, p, i, i, p]
         so.gguf_dequantize.restype = None
-        so.gguf_decode.argtypes = [ctypes.POINTER(Model), p, i, p, p, p, i, p, p, p, p, i]
+        so.gguf_decode.argtypes = [ctypes.POINTER(Model), p, i, p, p, p, i, p, p, p, p, p, i]
         so.gguf_decode.restype = None
         _LIB = so
     return _LIB
