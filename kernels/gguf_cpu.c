@@ -123,13 +123,138 @@ static void matmul_part(int type, const uint8_t *W, int K, int n0, int n1, int M
     }
 }
 
+
 static inline void split(int n, int ith, int nth, int *a, int *b) {
     int per = (n + nth - 1) / nth;
     *a = per * ith < n ? per * ith : n;
     *b = *a + per < n ? *a + per : n;
 }
 
-// y [M, N] = x [M, K] @ W.T for packed W [N, K/32 blocks]; nthreads 0: OpenMP's default
+// ---- interleaved layout: 8 rows side by side per block, so one pass yields 8 outputs with vector scales -------------
+// per (group of 8 rows, block): fp16 d[8], then Q4: fp16 m[8] (Q4_1 mins; Q4_0: unused) + qs[8][16]; Q8_0: qs[8][32]
+static int group_block_bytes(int type) { return type == T_Q8_0 ? 16 + 8 * 32 : 32 + 8 * 16; }
+
+size_t gguf_interleaved_bytes(int type, int N, int K) { return (size_t)(N / 8) * (K / QK) * group_block_bytes(type); }
+
+void gguf_interleave8(int type, const uint8_t *src, int N, int K, uint8_t *dst) {
+    const int nb = K / QK, bytes = gguf_block_bytes(type), gb = group_block_bytes(type);
+    for (int g = 0; g < N / 8; g++)
+        for (int b = 0; b < nb; b++) {
+            uint8_t *o = dst + ((size_t)g * nb + b) * gb;
+            for (int r = 0; r < 8; r++) {
+                const uint8_t *blk = src + ((size_t)(g * 8 + r) * nb + b) * bytes;
+                memcpy(o + 2 * r, blk, 2);  // d
+                if (type == T_Q8_0) {
+                    memcpy(o + 16 + 32 * r, blk + 2, 32);
+                } else {
+                    int off = type == T_Q4_1 ? 4 : 2;
+                    if (type == T_Q4_1) memcpy(o + 16 + 2 * r, blk + 2, 2);  // m
+                    else memset(o + 16 + 2 * r, 0, 2);
+                    memcpy(o + 32 + 16 * r, blk + off, 16);
+                }
+            }
+        }
+}
+
+#if defined(__AVX2__) && defined(__F16C__)
+static inline __m256i sum8x8(__m256i p0, __m256i p1, __m256i p2, __m256i p3, __m256i p4, __m256i p5, __m256i p6,
+                             __m256i p7) {
+    __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+    __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p4, p5), _mm256_hadd_epi32(p6, p7));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+static inline __m256i q4_row(const uint8_t *qs, __m256i xv) {
+    __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+    __m256i wv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
+    return dot_us(wv, xv);
+}
+
+static inline __m256i q8_row(const uint8_t *qs, __m256i xv) {
+    __m256i wv = _mm256_loadu_si256((const __m256i *)qs);
+    return dot_us(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+}
+
+// 8 outputs of one row group for one activation row
+static inline __m256 dot8(int type, const uint8_t *grp, int nb, const int8_t *qx, const float *dx, const float *sx) {
+    const int gb = group_block_bytes(type);
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, grp += gb) {
+        __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)grp));
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(qx + b * QK)), s;
+        if (type == T_Q8_0) {
+            const uint8_t *q = grp + 16;
+            s = sum8x8(q8_row(q, xv), q8_row(q + 32, xv), q8_row(q + 64, xv), q8_row(q + 96, xv),
+                       q8_row(q + 128, xv), q8_row(q + 160, xv), q8_row(q + 192, xv), q8_row(q + 224, xv));
+        } else {
+            const uint8_t *q = grp + 32;
+            s = sum8x8(q4_row(q, xv), q4_row(q + 16, xv), q4_row(q + 32, xv), q4_row(q + 48, xv),
+                       q4_row(q + 64, xv), q4_row(q + 80, xv), q4_row(q + 96, xv), q4_row(q + 112, xv));
+            if (type == T_Q4_1)
+                accm = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(grp + 16))),
+                                       _mm256_set1_ps(sx[b]), accm);
+            else
+                accm = _mm256_fmadd_ps(d, _mm256_set1_ps(-8.f * sx[b]), accm);
+        }
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(dx[b])), _mm256_cvtepi32_ps(s), acc);
+    }
+    return _mm256_add_ps(acc, accm);
+}
+#endif
+
+// rows [8 g0, 8 g1) of an interleaved weight for M activation rows
+static void matmul8_part(int type, const uint8_t *W, int K, int g0, int g1, int M, const int8_t *qx, const float *dx,
+                         const float *sx, float *y, int N) {
+    const int nb = K / QK;
+    const size_t gbytes = (size_t)nb * group_block_bytes(type);
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *grp = W + gbytes * g;
+        for (int m = 0; m < M; m++) {
+            const int8_t *q = qx + (size_t)m * K;
+            const float *d = dx + (size_t)m * nb, *s = sx + (size_t)m * nb;
+#if defined(__AVX2__) && defined(__F16C__)
+            _mm256_storeu_ps(y + (size_t)m * N + 8 * g, dot8(type, grp, nb, q, d, s));
+#else
+            for (int r = 0; r < 8; r++) {
+                float total = 0.f;
+                for (int b = 0; b < nb; b++) {
+                    const uint8_t *blk = grp + (size_t)b * group_block_bytes(type);
+                    float dw = fp16_to_fp32(((const uint16_t *)blk)[r]);
+                    int isum = 0;
+                    if (type == T_Q8_0) {
+                        const int8_t *w = (const int8_t *)(blk + 16 + 32 * r);
+                        for (int i = 0; i < QK; i++) isum += w[i] * q[b * QK + i];
+                        total += dw * d[b] * isum;
+                    } else {
+                        const uint8_t *w = blk + 32 + 16 * r;
+                        for (int i = 0; i < 16; i++) isum += (w[i] & 15) * q[b * QK + i] + (w[i] >> 4) * q[b * QK + i + 16];
+                        float mw = type == T_Q4_1 ? fp16_to_fp32(((const uint16_t *)(blk + 16))[r]) : -8.f * dw;
+                        total += dw * d[b] * isum + mw * s[b];
+                    }
+                }
+                y[(size_t)m * N + 8 * g + r] = total;
+            }
+#endif
+        }
+    }
+}
+
+// a weight's share for thread ith of nth: interleaved (N % 8 == 0) by row groups, else by rows
+static void matmul_split(int type, int inter, const uint8_t *W, int K, int N, int M, const int8_t *qx, const float *dx,
+                         const float *sx, float *y, int ith, int nth) {
+    int a, b;
+    if (inter) {
+        split(N / 8, ith, nth, &a, &b);
+        matmul8_part(type, W, K, a, b, M, qx, dx, sx, y, N);
+    } else {
+        split(N, ith, nth, &a, &b);
+        matmul_part(type, W, K, a, b, M, qx, dx, sx, y, N);
+    }
+}
+
+// y [M, N] = x [M, K] @ W.T for packed W [N, K/32 blocks]; type | INTERLEAVED: the 8-row layout above;
+// nthreads 0: OpenMP's default
+#define INTERLEAVED 256
 void gguf_linear(int type, const uint8_t *W, int N, int K, const float *x, int M, float *y, int nthreads) {
     const int nb = K / QK;
     int8_t *qx = malloc((size_t)M * K);
@@ -137,11 +262,7 @@ void gguf_linear(int type, const uint8_t *W, int N, int K, const float *x, int M
     for (int m = 0; m < M; m++) quantize_row(x + (size_t)m * K, K, qx + (size_t)m * K, dx + m * nb, sx + m * nb);
     if (nthreads <= 0) nthreads = omp_get_max_threads();
 #pragma omp parallel num_threads(nthreads)
-    {
-        int a, b;
-        split(N, omp_get_thread_num(), omp_get_num_threads(), &a, &b);
-        matmul_part(type, W, K, a, b, M, qx, dx, sx, y, N);
-    }
+    matmul_split(type & 255, type & INTERLEAVED, W, K, N, M, qx, dx, sx, y, omp_get_thread_num(), omp_get_num_threads());
     free(qx); free(dx); free(sx);
 }
 
@@ -242,8 +363,7 @@ void gguf_decode(const Model *md, float *x, int M, const int64_t *pos, const int
             for (int m = a; m < b; m++) rmsnorm_row(x + (size_t)m * H, L->in_norm, md->eps, H, xn + (size_t)m * H);
             quantize_rows_part(xn, M, H, qx, dx, sx, ith, nth);
 #pragma omp barrier
-            split(QKV, ith, nth, &a, &b);
-            matmul_part(L->type_qkv, L->qkv, H, a, b, M, qx, dx, sx, qkv, QKV);
+            matmul_split(L->type_qkv & 255, L->type_qkv & INTERLEAVED, L->qkv, H, QKV, M, qx, dx, sx, qkv, ith, nth);
 #pragma omp barrier
             // RoPE on q and k heads, then the new token's K/V into its slot
             split(M * (NH + KVH), ith, nth, &a, &b);
@@ -274,8 +394,7 @@ void gguf_decode(const Model *md, float *x, int M, const int64_t *pos, const int
 #pragma omp barrier
             quantize_rows_part(att, M, QS, qx, dx, sx, ith, nth);
 #pragma omp barrier
-            split(H, ith, nth, &a, &b);
-            matmul_part(L->type_o, L->o, QS, a, b, M, qx, dx, sx, proj, H);
+            matmul_split(L->type_o & 255, L->type_o & INTERLEAVED, L->o, QS, H, M, qx, dx, sx, proj, ith, nth);
 #pragma omp barrier
             split(M, ith, nth, &a, &b);
             for (int m = a; m < b; m++) {
@@ -285,8 +404,7 @@ void gguf_decode(const Model *md, float *x, int M, const int64_t *pos, const int
             }
             quantize_rows_part(xn, M, H, qx, dx, sx, ith, nth);
 #pragma omp barrier
-            split(2 * I, ith, nth, &a, &b);
-            matmul_part(L->type_gu, L->gate_up, H, a, b, M, qx, dx, sx, gu, 2 * I);
+            matmul_split(L->type_gu & 255, L->type_gu & INTERLEAVED, L->gate_up, H, 2 * I, M, qx, dx, sx, gu, ith, nth);
 #pragma omp barrier
             split(M, ith, nth, &a, &b);
             for (int m = a; m < b; m++)
@@ -296,8 +414,7 @@ void gguf_decode(const Model *md, float *x, int M, const int64_t *pos, const int
                 }
             quantize_rows_part(act, M, I, qx, dx, sx, ith, nth);
 #pragma omp barrier
-            split(H, ith, nth, &a, &b);
-            matmul_part(L->type_down, L->down, I, a, b, M, qx, dx, sx, proj, H);
+            matmul_split(L->type_down & 255, L->type_down & INTERLEAVED, L->down, I, H, M, qx, dx, sx, proj, ith, nth);
 #pragma omp barrier
             split(M, ith, nth, &a, &b);
             for (int m = a; m < b; m++)

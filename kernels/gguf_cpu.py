@@ -20,6 +20,7 @@ SOURCE = Path(__file__).with_name("gguf_cpu.c")
 FLAGS = ["-O3", "-g", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8}  # GGML type ids the kernel takes
 BLOCK_BYTES = {2: 18, 3: 20, 8: 34}
+INTERLEAVED = 256  # type flag: rows stored 8 side by side per block (``interleave``), the fast layout
 
 _LIB: Optional[ctypes.CDLL] = None
 
@@ -102,6 +103,10 @@ def lib() -> ctypes.CDLL:
         p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
         so.gguf_linear.argtypes = [i, p, i, i, p, i, p, i]
         so.gguf_linear.restype = None
+        so.gguf_interleave8.argtypes = [i, p, i, i, p]
+        so.gguf_interleave8.restype = None
+        so.gguf_interleaved_bytes.argtypes = [i, i, i]
+        so.gguf_interleaved_bytes.restype = ctypes.c_size_t
         so.gguf_dequantize.argtypes = [i, p, i, i, p]
         so.gguf_dequantize.restype = None
         so.gguf_decode.argtypes = [ctypes.POINTER(Model), p, i, p, p, p, i, p, p, p, p, p, i]
@@ -130,3 +135,13 @@ def dequantize(type_id: int, packed: torch.Tensor, n: int, k: int) -> torch.Tens
     out = torch.empty(n, k, dtype=torch.float32)
     lib().gguf_dequantize(type_id, _ptr(packed), n, k, _ptr(out))
     return out
+
+
+def interleave(type_id: int, packed: torch.Tensor, n: int, k: int) -> tuple[int, torch.Tensor]:
+    """GGUF rows -> the 8-row interleaved layout (same bytes, reordered; ``n % 8 == 0``), with its type id."""
+    if n % 8:
+        return type_id, packed
+    so = lib()
+    out = torch.empty(so.gguf_interleaved_bytes(type_id, n, k), dtype=torch.uint8)
+    so.gguf_interleave8(type_id, _ptr(packed.contiguous()), n, k, _ptr(out))
+    return type_id | INTERLEAVED, out

@@ -69,6 +69,12 @@ def load_packed(gguf: Path, prefixes: list[str]) -> dict[str, PackedWeight]:
     return out
 
 
+def interleaved(pw: PackedWeight) -> PackedWeight:
+    """The kernel's fast layout of ``pw`` (8 rows side by side per block); GGUF bytes, reordered."""
+    type_id, data = kernel.interleave(pw.type_id, pw.data, pw.rows, pw.cols)
+    return PackedWeight(type_id, pw.type_name, pw.rows, pw.cols, data)
+
+
 @register("gguf")
 class GGUFCpuMethod(LinearQuantMethod):
     """Packed GGUF rows on the CPU. One instance serves the whole model (the loader shares it)."""
@@ -104,7 +110,7 @@ class GGUFCpuMethod(LinearQuantMethod):
         pw = self._packed(layer.prefix.removeprefix("model."))
         if (pw.rows, pw.cols) != tuple(layer.weight.shape):
             raise ValueError(f"{layer.prefix}: GGUF tensor {pw.rows}x{pw.cols} does not fit {tuple(layer.weight.shape)}")
-        layer.packed = pw
+        layer.packed = interleaved(pw)
         layer.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)  # the dense copy is freed
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -115,4 +121,5 @@ class GGUFCpuMethod(LinearQuantMethod):
         return y if bias is None else y + bias
 
     def lm_head(self) -> Optional[PackedWeight]:
-        return self.packed.get("lm_head")
+        head = self.packed.get("lm_head")
+        return None if head is None else interleaved(head)
