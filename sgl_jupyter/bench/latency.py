@@ -119,24 +119,15 @@ def _best(trials: list[dict]) -> dict:
     return max(trials, key=lambda r: r["decode_tok_per_s"])
 
 
-def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
-    from tqdm.auto import tqdm
-
+def _engine_rows(cfg: LatencyConfig, model_path, ids_fn, kwargs: dict, label: str, bar) -> tuple[dict, dict]:
+    """Best of ``cfg.trials`` for one engine configuration; also (info, engine facts) for the table's attrs."""
     from sgl_jupyter import Engine
 
-    from .hf_peers import load_hf
-
-    model_path = resolve_model_path(cfg.model_path)
-    kwargs = {"max_total_tokens": 16384, "max_running_requests": 8, **cfg.engine_kwargs}
     engine = Engine(model_path, load_format=cfg.load_format, dtype=cfg.dtype, device=cfg.device, **kwargs)
-    rows: list[dict] = []
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, min(engine.vocab_size, 32000), (cfg.input_len,), generator=g).tolist()
-    steps = cfg.trials + 1 + len(cfg.peers) * (cfg.trials + 1)
-    bar = tqdm(total=steps, desc="latency", disable=not progress)
     try:
-        model_path = engine.args.model_path  # None -> the embedded model's directory
-        wbytes = weight_bytes(engine.loaded.model)
+        ids = ids_fn(engine)
+        facts = {"model_path": engine.args.model_path, "wbytes": weight_bytes(engine.loaded.model),
+                 "device": engine.device, "dtype": engine.loaded.dtype, "ids": ids}
         _engine_trial(engine, ids, 8)  # warm-up (Triton jit, cuBLAS heuristics)
         bar.update()
         trials = []
@@ -144,14 +135,56 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
             engine.flush_cache()
             trials.append(_engine_trial(engine, ids, cfg.output_len))
             bar.update()
-        rows.append({"system": "sgl_jupyter engine", **_best(trials)})
-        info = {"attention": engine.attention_backend, "cuda_graphs": engine.runner.graphs is not None}
-        device, dtype = engine.device, engine.loaded.dtype
+        info = {"attention": engine.attention_backend, "cuda_graphs": engine.runner.graphs is not None,
+                "quantization": kwargs.get("quantization"),
+                "cpu_fused_decode": getattr(engine.runner, "cpu_decode", None) is not None}
+        return {"system": label, **_best(trials)}, {**info, **facts}
     finally:
         engine.shutdown()
         del engine
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
+    """With ``quantization="gguf"`` on the CPU the table also has the fp32 engine and, when ``llama_cpp`` is
+    importable, llama.cpp on the same GGUF file (same prompt ids, same thread count)."""
+    from tqdm.auto import tqdm
+
+    from . import llama_cpp_peer
+    from .hf_peers import load_hf
+
+    model_path = resolve_model_path(cfg.model_path)
+    kwargs = {"max_total_tokens": 16384, "max_running_requests": 8, **cfg.engine_kwargs}
+    gguf_cpu = kwargs.get("quantization") == "gguf"
+    peers = list(cfg.peers) + (["llama_cpp"] if gguf_cpu and llama_cpp_peer.available() else [])
+    g = torch.Generator().manual_seed(0)
+    ids_fn = lambda eng: torch.randint(100, min(eng.vocab_size, 32000), (cfg.input_len,), generator=g).tolist()
+    steps = (2 if gguf_cpu else 1) * (cfg.trials + 1) + len(peers) * (cfg.trials + 1)
+    bar = tqdm(total=steps, desc="latency", disable=not progress)
+    label = "sgl_jupyter engine" + (" (gguf packed)" if gguf_cpu else "")
+    row, info = _engine_rows(cfg, model_path, ids_fn, kwargs, label, bar)
+    rows: list[dict] = [row]
+    ids, model_path, wbytes = info.pop("ids"), info.pop("model_path"), info.pop("wbytes")
+    device, dtype = info.pop("device"), info.pop("dtype")
+    if gguf_cpu:  # the same engine on the fp32 dequantized weights (the default)
+        dense = {k: v for k, v in kwargs.items() if k != "quantization"}
+        rows.append(_engine_rows(cfg, model_path, lambda eng: ids, dense, "sgl_jupyter engine (fp32)", bar)[0])
+    if "llama_cpp" in peers:
+        from sgl_jupyter.engine.gguf_blocks import find_gguf_for
+
+        llm = llama_cpp_peer.load(find_gguf_for(model_path), torch.get_num_threads(),
+                                  n_ctx=cfg.input_len + cfg.output_len + 16)
+        llama_cpp_peer.trial(llm, ids, 8)
+        bar.update()
+        trials = []
+        for _ in range(cfg.trials):
+            trials.append(llama_cpp_peer.trial(llm, ids, cfg.output_len))
+            bar.update()
+        rows.append({"system": f"llama.cpp (same GGUF, {torch.get_num_threads()} threads)", **_best(trials)})
+        peers.remove("llama_cpp")
+        del llm
+    cfg = LatencyConfig(**{**cfg.__dict__, "peers": tuple(peers)})
     if cfg.peers:
         from transformers import CompileConfig
 
@@ -183,7 +216,8 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
     ours = df.loc[0, "decode_tok_per_s"]
     df["engine_vs"] = ours / df["decode_tok_per_s"]  # engine's decode speed over this row's
     df.attrs.update({"model": cfg.model_path, "dtype": str(dtype), "device": str(device), "weight_bytes": wbytes,
-                     "input_len": cfg.input_len, "output_len": cfg.output_len, **info})
+                     "input_len": cfg.input_len, "output_len": cfg.output_len, "threads": torch.get_num_threads(),
+                     **info})
     return df
 
 
