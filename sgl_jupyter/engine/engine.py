@@ -105,7 +105,7 @@ class Engine:
         self.scheduler.enable_jump_forward = not self.args.disable_regex_jump_forward
         self.scheduler.continuous_decode_steps = self.runner.continuous_decode_steps
         self.requests = RequestFactory(self.tokenizer, self.vocab_size, self.max_context, self.device, self.eos_ids,
-                                       self.detokenizer)
+                                       self.detokenizer, self.args.random_seed)
         self._inbox: queue.Queue = queue.Queue()
         self._live: dict[str, Req] = {}
         self._ids = itertools.count()
@@ -308,6 +308,8 @@ class Engine:
         try:
             while True:
                 chunk = self._get(q)
+                while not chunk["finished"] and not q.empty():  # the reader fell behind: one chunk for all
+                    chunk = _coalesce(chunk, q.get_nowait())
                 yield chunk
                 if chunk["finished"]:
                     return
@@ -367,6 +369,8 @@ class Engine:
         try:
             while True:
                 chunk = await self._aget(aq)
+                while not chunk["finished"] and not aq.empty():  # the reader fell behind: one chunk for all
+                    chunk = _coalesce(chunk, aq.get_nowait())
                 yield chunk
                 if chunk["finished"]:
                     return
@@ -476,6 +480,15 @@ def _shutdown_all() -> None:
             eng.shutdown()
         except Exception:  # noqa: BLE001
             pass
+
+
+def _coalesce(chunk: dict, later: dict) -> dict:
+    """Two stream chunks of one request as one: text, output ids and meta_info are cumulative (the later
+    chunk's), deltas are joined. A stream reader that falls behind (a slow HTTP client, a busy event loop)
+    then sends one event for what queued up instead of one per step, and catches up."""
+    if "error" in later:
+        raise EngineError(later["error"])
+    return {**later, "delta": chunk["delta"] + later["delta"]}
 
 
 def _final(chunk: dict) -> dict:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .cuda_graph_runner import MultiStepLaunch
+from .cuda_graph_runner import LaunchSampling, MultiStepLaunch
 from .request import Req
 
 
@@ -22,19 +22,20 @@ class InFlight:
 class OverlapPipeline:
     def _multi_step_ok(self, batch: list[Req], pending: int = 0) -> bool:
         """Several decode steps per launch (CUDA graphs) pay off when the host has nothing to do between
-        tokens: every request greedy and free of grammar, penalties, logprobs and pending min_new_tokens,
+        tokens: every request greedy (or sampled, where the graphs sample on the device) and free of grammar, penalties, logprobs and pending min_new_tokens,
         nobody waiting who could be admitted now (a request row free), room in the KV pool and the context
         for all the steps, and few steps run past the requests' max_new_tokens (a request that ends inside
         a launch wastes the rest of it; at most a quarter of the launch's rows may be such waste).
         ``pending``: tokens per request launched but not yet committed (their KV is in ``kv_len``)."""
         k = self.continuous_decode_steps
+        sampled_ok = self.runner.multi_step_sampling
         admissible = self.waiting and self.num_running < self.limits.max_running
         if admissible or not batch or len(batch) > self.runner.multi_step_batch_limit():
             return False
         waste = 0
         for r in batch:
             p = r.params
-            if (not p.is_greedy or r.grammar is not None or r.return_logprob or p.needs_penalties
+            if ((not p.is_greedy and (not sampled_ok or r.sample_seed is None)) or r.grammar is not None or r.return_logprob or p.needs_penalties
                     or len(r.output_ids) < p.min_new_tokens or r.abort_requested
                     or r.kv_len + k >= self.limits.max_context):
                 return False
@@ -57,8 +58,10 @@ class OverlapPipeline:
         rows = torch.tensor([r.row for r in batch])
         positions = torch.tensor([r.kv_len for r in batch]).view(1, n) + torch.arange(k).view(k, 1)
         self.req_pool.mirror_cells(rows.expand(k, n), positions, locs)  # the launch writes the device's
+        sampling = _launch_sampling(batch)
         launch = self.runner.launch_decode_multi_step([r.last_id for r in batch], [r.kv_len for r in batch],
-                                                      locs, [r.row for r in batch], carry)
+                                                      locs, [r.row for r in batch], carry, sampling)
+        self.sampled_launches += sampling is not None
         self._decode_steps += k
         self._last_num_tokens = n
         self.forward_tokens_total += k * n
@@ -103,3 +106,12 @@ class OverlapPipeline:
         """Forget a launch in flight without committing it (the engine is resetting after a failure)."""
         self._in_flight = None
 
+
+
+def _launch_sampling(batch: list[Req]) -> Optional[LaunchSampling]:
+    """The batch's per-row sampling parameters, or None when every row is greedy (the argmax graphs)."""
+    if all(r.params.is_greedy for r in batch):
+        return None
+    ps = [r.params for r in batch]
+    return LaunchSampling([p.temperature for p in ps], [p.top_k for p in ps], [p.top_p for p in ps],
+                          [p.min_p for p in ps], [r.sample_seed & 0x7FFFFFFF for r in batch])

@@ -2,6 +2,7 @@
 ``Req`` objects, with their grammars compiled; runs on the caller's thread, never the scheduler's."""
 from __future__ import annotations
 
+import random
 import threading
 import uuid
 from typing import Union
@@ -21,11 +22,12 @@ class RequestFactory:
     """Validates requests against the model (vocabulary, context length) and builds ``Req`` objects."""
 
     def __init__(self, tokenizer, vocab_size: int, max_context: int, device: torch.device, eos_ids: set[int],
-                 detokenizer: IncrementalDetokenizer):
+                 detokenizer: IncrementalDetokenizer, random_seed: int = 0):
         self.tokenizer, self.vocab_size, self.max_context = tokenizer, vocab_size, max_context
         self.device, self.eos_ids, self.detokenizer = device, eos_ids, detokenizer
         self.grammar_backend = None  # constrained.GrammarBackend, built on first use
         self._lock = threading.Lock()
+        self._seed_rng = random.Random(random_seed)  # sampling seeds of requests that give none
 
     def normalize(self, prompt: Prompt, input_ids: InputIds, sampling_params,
                    stream: bool = False) -> tuple[list[list[int]], list[SamplingParams], bool]:
@@ -105,6 +107,7 @@ class RequestFactory:
                 if p.n > 1:
                     r = f"{r}#{j}"
                 gen = None
+                sample_seed = p.seed + j if p.seed is not None else self._seed_rng.getrandbits(31)
                 if p.seed is not None:
                     gen = torch.Generator(device=self.device).manual_seed(p.seed + j)
                 req = Req(rid=r, prompt_ids=ids, params=p, sink=sink_factory(),
@@ -115,7 +118,7 @@ class RequestFactory:
                           top_logprobs_num=int(per(top_logprobs_num, i) or 0),
                           return_text_in_logprobs=return_text_in_logprobs,
                           grammar=backend.new_matcher(compiled) if compiled is not None else None,
-                          generator=gen)
+                          generator=gen, sample_seed=sample_seed)
                 if req.logprob_start_len >= len(ids):
                     raise InvalidRequestError(
                         f"logprob_start_len ({req.logprob_start_len}) must be < the prompt length ({len(ids)})")

@@ -64,6 +64,7 @@ class Scheduler(PrefillPhase, DecodePhase, OverlapPipeline, TokenOutput):
         self._decode_steps = 0
         self._in_flight: Optional[InFlight] = None  # a multi-step decode launched, its tokens not committed
         self.overlapped_launches = 0  # launches enqueued before the previous launch's tokens were committed
+        self.sampled_launches = 0  # multi-step launches that sampled on the device (not greedy)
 
     # ------------------------------------------------------------------ public (scheduler thread only)
     @property

@@ -40,7 +40,7 @@ class TokenOutput:
                 banned = self._banned_ids(r, len(r.output_ids))
             except Exception as e:  # noqa: BLE001
                 failed[i], banned = e, ()
-            rows.append(SamplingRow(r.params, r.prompt_ids, r.output_ids, banned, r.generator))
+            rows.append(SamplingRow(r.params, r.prompt_ids, r.output_ids, banned, r.generator, r.sample_seed))
         if any(r.params.needs_penalties for r in reqs):
             apply_penalties(logits, rows)
         grammar_rows = [i for i, r in enumerate(reqs) if r.grammar is not None and i not in failed]
