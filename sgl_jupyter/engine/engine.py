@@ -34,6 +34,9 @@ from .scheduler import Scheduler, SchedulerLimits
 logger = logging.getLogger(__name__)
 
 
+# on CUDA a running stream waits at most this long for its next decode step while prefills are admitted
+# (issue 17: a burst of admissions stalled streams 3.6 s); one 8192-token prefill chunk fits well inside it
+DECODE_GAP_S = 0.1
 _POLL_S = 0.05  # caller-side wait granularity: lets Ctrl-C reach a notebook cell promptly
 
 
@@ -100,7 +103,8 @@ class Engine:
                                        max_running=self.max_running, max_context=self.max_context,
                                        chunked_prefill_size=self.args.prefill_chunk(self.device.type),
                                        max_prefill_tokens=self.args.max_prefill_tokens,
-                                       schedule_policy=self.args.schedule_policy),
+                                       schedule_policy=self.args.schedule_policy,
+                                       max_decode_gap_s=DECODE_GAP_S if self.device.type == "cuda" else 0.0),
                                    self.bus, OutputBuilder(self.tokenizer), generator)
         self.scheduler.enable_jump_forward = not self.args.disable_regex_jump_forward
         self.scheduler.continuous_decode_steps = self.runner.continuous_decode_steps
