@@ -30,6 +30,7 @@ from .rank_setup import build_rank, kv_capacity
 from .request import Req
 from .request_factory import InputIds, Prompt, RequestFactory
 from .scheduler import Scheduler, SchedulerLimits
+from .server_info import server_info
 
 logger = logging.getLogger(__name__)
 
@@ -409,38 +410,8 @@ class Engine:
         return self.bus.subscribe(callback)
 
     def get_server_info(self) -> dict:
-        s, pool, cache = self.scheduler, self.kv_pool, self.cache
-        evictable, protected = cache.evictable_size, cache.protected_size
-        return {
-            "model_path": self.args.model_path,
-            "served_model_name": self.args.served_model_name or self.args.model_path,
-            "args": self.args.to_dict(),
-            "device": str(self.device),
-            "dtype": str(self.loaded.dtype).removeprefix("torch."),
-            "num_params": self.loaded.num_params,
-            "attention_backend": self.attention_backend,
-            "max_total_num_tokens": pool.size,
-            "max_context_length": self.max_context,
-            "max_running_requests": self.max_running,
-            "kv": {"total": pool.size, "free": pool.free_size, "evictable": evictable, "protected": protected,
-                   "used": pool.size - pool.free_size - evictable},
-            "num_running_reqs": s.num_running,
-            "num_queue_reqs": s.num_queued,
-            "cache": cache.stats(),
-            "cache_hit_rate": cache.hit_rate,
-            "radix_cache": not self.args.disable_radix_cache,
-            "token_throughput": s.tokens_per_s(),
-            "num_finished_reqs": s.num_finished,
-            "num_retracted_reqs": s.num_retracted,
-            "prompt_tokens_total": s.prompt_tokens_total,
-            "generation_tokens_total": s.generation_tokens_total,
-            "cached_tokens_total": s.cached_tokens_total,
-            "extend_tokens_total": s.extend_tokens_total,
-            "forward_calls": self.runner.forward_calls,
-            "constrained_decoding": _constrained_available(),
-            "load_time_s": self.load_time_s,
-            "version": __import__("sgl_jupyter").__version__,
-        }
+        """Model, memory, cache and counters as SGLang's ``/get_server_info`` reports them."""
+        return server_info(self)
 
     def shutdown(self) -> None:
         if self._closed:
@@ -509,15 +480,6 @@ def _eos_ids(cfg, tokenizer) -> set[int]:
     if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(int(tokenizer.eos_token_id))
     return ids
-
-
-def _constrained_available() -> bool:
-    try:
-        from . import constrained  # noqa: F401
-
-        return hasattr(constrained, "GrammarBackend")
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def _configure_logging(level: str) -> None:
