@@ -128,30 +128,38 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
 
     model_path = resolve_model_path(cfg.model_path)
     kwargs = {"max_total_tokens": 16384, "max_running_requests": 8, **cfg.engine_kwargs}
-    engine = Engine(model_path, load_format=cfg.load_format, dtype=cfg.dtype, device=cfg.device, **kwargs)
+    quant = kwargs.pop("quantization", None)
+    variants = [None, quant] if quant else [None]  # a quantized engine is measured beside the dense one
     rows: list[dict] = []
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, min(engine.vocab_size, 32000), (cfg.input_len,), generator=g).tolist()
-    steps = cfg.trials + 1 + len(cfg.peers) * (cfg.trials + 1)
+    roofs: list[tuple[str, int]] = []  # (label, weight bytes) per engine
+    steps = len(variants) * (cfg.trials + 1) + len(cfg.peers) * (cfg.trials + 1)
     bar = tqdm(total=steps, desc="latency", disable=not progress)
-    try:
-        model_path = engine.args.model_path  # None -> the embedded model's directory
-        wbytes = weight_bytes(engine.loaded.model)
-        _engine_trial(engine, ids, 8)  # warm-up (Triton jit, cuBLAS heuristics)
-        bar.update()
-        trials = []
-        for _ in range(cfg.trials):
-            engine.flush_cache()
-            trials.append(_engine_trial(engine, ids, cfg.output_len))
+    for variant in variants:
+        engine = Engine(model_path, load_format=cfg.load_format, dtype=cfg.dtype, device=cfg.device,
+                        quantization=variant, **kwargs)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(100, min(engine.vocab_size, 32000), (cfg.input_len,), generator=g).tolist()
+        try:
+            model_path = engine.args.model_path  # None -> the embedded model's directory
+            wbytes = weight_bytes(engine.loaded.model)
+            _engine_trial(engine, ids, 8)  # warm-up (Triton jit, cuBLAS heuristics)
             bar.update()
-        rows.append({"system": "sgl_jupyter engine", **_best(trials)})
-        info = {"attention": engine.attention_backend, "cuda_graphs": engine.runner.graphs is not None}
-        device, dtype = engine.device, engine.loaded.dtype
-    finally:
-        engine.shutdown()
-        del engine
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            trials = []
+            for _ in range(cfg.trials):
+                engine.flush_cache()
+                trials.append(_engine_trial(engine, ids, cfg.output_len))
+                bar.update()
+            label = "sgl_jupyter engine" + (f" ({variant})" if variant else "")
+            rows.append({"system": label, **_best(trials)})
+            roofs.append((variant or "", wbytes))
+            info = {"attention": engine.attention_backend, "cuda_graphs": engine.runner.graphs is not None}
+            device, dtype = engine.device, engine.loaded.dtype
+        finally:
+            engine.shutdown()
+            del engine
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    wbytes = roofs[0][1]
     if cfg.peers:
         from transformers import CompileConfig
 
@@ -175,15 +183,18 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
     bar.close()
     if device.type == "cuda":
         bw = copy_bandwidth(device)
-        roof = bw / wbytes
-        rows.append({"system": f"roofline ({wbytes / 1e9:.2f} GB weights / {bw / 1e12:.2f} TB/s copy)",
-                     "ttft_ms": float("nan"), "tokens": cfg.output_len, "seconds": float("nan"),
-                     "decode_tok_per_s": roof})
+        for i, (variant, nbytes) in enumerate(roofs):  # engine rows come first, in the order of roofs
+            rows[i]["of_roofline"] = rows[i]["decode_tok_per_s"] * nbytes / bw
+            rows.append({"system": f"roofline{' ' + variant if variant else ''} ({nbytes / 1e9:.2f} GB weights / "
+                                   f"{bw / 1e12:.2f} TB/s copy)", "ttft_ms": float("nan"), "tokens": cfg.output_len,
+                         "seconds": float("nan"), "decode_tok_per_s": bw / nbytes})
     df = pd.DataFrame(rows)
     ours = df.loc[0, "decode_tok_per_s"]
-    df["engine_vs"] = ours / df["decode_tok_per_s"]  # engine's decode speed over this row's
+    df["engine_vs"] = ours / df["decode_tok_per_s"]  # the (dense) engine's decode speed over this row's
     df.attrs.update({"model": cfg.model_path, "dtype": str(dtype), "device": str(device), "weight_bytes": wbytes,
                      "input_len": cfg.input_len, "output_len": cfg.output_len, **info})
+    if quant:
+        df.attrs[f"{quant}_vs_dense"] = df.loc[1, "decode_tok_per_s"] / ours
     return df
 
 
