@@ -32,6 +32,13 @@ def router_deployment(api_key: Optional[str], max_body_bytes: int, config: Route
         def __init__(self, replicas: list):
             self.core = RouterCore(replicas, config)
 
+        def set_policy(self, name: str) -> None:
+            """Through the deployment handle only (no HTTP route): ``serve.get_app_handle(...).set_policy``."""
+            self.core.set_policy(name)
+
+        def routing_stats(self) -> dict:
+            return self.core.routing_stats()
+
         @app.get("/health")
         async def health(self) -> Response:
             return Response(status_code=200)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -28,12 +29,44 @@ SERVE_LOGGING = {"log_level": "WARNING", "enable_access_log": False}
 LOCAL_INIT_ATTEMPTS = 3
 
 
+def _preselect_agent_ports() -> None:
+    """Give Ray's node agents their ports up front. Left at 0, the raylet waits (a fixed ~30 s) for each
+    agent to write the port it took, and on a machine with few busy cores the Python agents can take longer
+    to start, failing the whole start ("The current node timed out during startup"). ``ray.init`` has no
+    arguments for these ports (``ray start`` has), hence the wrappers on its parameters and on the raylet's
+    command line (whose ``--dashboard_agent_listen_port`` flag Ray's Python side does not pass)."""
+    from ray._private import parameter, services
+
+    if getattr(parameter.RayParams.__init__, "_sgl_ports", False):
+        return
+    original_init, original_start = parameter.RayParams.__init__, services.start_ray_process
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        for name in ("metrics_agent_port", "metrics_export_port", "runtime_env_agent_port"):
+            if not getattr(self, name, None):
+                setattr(self, name, _free_port("127.0.0.1"))
+        self.dashboard_agent_listen_port = _free_port("127.0.0.1")
+
+    def start_ray_process(command: list, process_type: str, *args: Any, **kwargs: Any) -> Any:
+        if process_type == "raylet":
+            match = re.search(r"--listen-port=(\d+)", " ".join(command))
+            if match and not any(c.startswith("--dashboard_agent_listen_port") for c in command):
+                command = [*command, f"--dashboard_agent_listen_port={match.group(1)}"]
+        return original_start(command, process_type, *args, **kwargs)
+
+    init._sgl_ports = True  # type: ignore[attr-defined]
+    parameter.RayParams.__init__ = init
+    services.start_ray_process = start_ray_process
+
+
 def _init_local_ray(num_cpus: int, kwargs: dict) -> None:
     """Start Ray on this machine. On a busy machine its agents can miss the raylet's fixed 30 s start-up
     window ("The current node timed out during startup"); that is retried, not reported at once."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _preselect_agent_ports()
     for attempt in range(1, LOCAL_INIT_ATTEMPTS + 1):
         try:
             ray.init(num_cpus=num_cpus, object_store_memory=256 * 2**20, **kwargs)

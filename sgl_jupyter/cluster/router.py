@@ -108,6 +108,16 @@ class RouterCore:
         self.imbalance_fallbacks = 0
         self._prober: Optional[asyncio.Task] = None
 
+    def set_policy(self, name: str) -> None:
+        """Switch the routing policy (benchmarks compare policies on one cluster); the trees start empty."""
+        self.policy = make_policy(name, len(self.handles), **self.config.policy_kwargs)
+        self.config.policy = name
+
+    def routing_stats(self) -> dict:
+        return {"policy": self.policy.name, "imbalance_fallbacks": self.imbalance_fallbacks,
+                "routed": [r.routed_requests for r in self.replicas],
+                "matched_prefix_chars": [r.matched_prefix_chars for r in self.replicas]}
+
     # ------------------------------------------------------------------ replica calls
     def _stream(self, i: int, method: str, path: str, query: bytes, headers: list, body: bytes) -> Any:
         return self.handles[i].options(stream=True).call.remote(method, path, query, headers, body)
