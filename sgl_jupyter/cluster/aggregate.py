@@ -86,7 +86,12 @@ def merge_metrics(texts: Sequence[str]) -> str:
     def emit(series: str) -> None:
         present = [values[series] for _, values, _ in parsed if series in values]
         name = series.split("{", 1)[0]
-        total = sum(present) / len(present) if name in AVERAGED_GAUGES else sum(present)
+        if name.endswith("_created"):  # creation timestamps: the earliest, not a sum
+            total = min(present)
+        elif name in AVERAGED_GAUGES:
+            total = sum(present) / len(present)
+        else:
+            total = sum(present)
         out.append(f"{series} {_fmt(total)}")
         done.add(series)
 

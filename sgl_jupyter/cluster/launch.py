@@ -271,6 +271,7 @@ def main(server_opts: dict, engine_kwargs: dict, prog: str) -> int:
     try:
         try:
             cluster.start()
+            signal.signal(signal.SIGTERM, _terminate)  # again: ray.init installs its own (a stack dump)
             _warm_up(cluster.url, options.api_key)
         except (StartupError, OSError) as e:
             return _fail(prog, str(e))

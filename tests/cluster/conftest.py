@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import pytest
 
@@ -29,7 +30,7 @@ def ray_available() -> bool:
 class Cluster:
     url: str
     port: int
-    proc: subprocess.Popen
+    proc: Optional[subprocess.Popen]
     log: list[str] = field(default_factory=list)
 
     def output(self) -> str:
@@ -46,6 +47,10 @@ def _free_port() -> int:
 def cluster(model_path) -> Cluster:
     if not ray_available():
         pytest.skip("Ray Serve is not installed (pip install sgl-jupyter[cluster])")
+    if os.environ.get("SGL_TEST_CLUSTER_URL"):  # a cluster already running (started by hand, for iterating)
+        url = os.environ["SGL_TEST_CLUSTER_URL"].rstrip("/")
+        yield Cluster(url=url, port=int(url.rsplit(":", 1)[1]), proc=None)
+        return
     port = _free_port()
     cmd = [sys.executable, "-m", "sgl_jupyter.launch_server", "--dp-size", "2", "--port", str(port),
            "--model-path", model_path, "--device", "cpu", "--max-total-tokens", "16384", "--log-level", "warning"]
