@@ -102,8 +102,13 @@ def test_client_disconnect_aborts_the_engine_request(cluster):
                                                 "ignore_eos": True}}) as res:
         for line in res.iter_lines():
             if line.startswith("data: "):
+                first = json.loads(line[6:])
                 break
-        assert _info(cluster)["num_running_reqs"] >= 1
+        assert "error" not in first, first
+        deadline = time.monotonic() + 10
+        while _info(cluster)["num_running_reqs"] < 1:
+            assert time.monotonic() < deadline, "the streamed request is not running"
+            time.sleep(0.1)
     info = _wait_idle(cluster, timeout=30)  # aborted: nothing left running anywhere, KV back
     assert all(r["kv_used"] == 0 for r in info["replicas"]), info["replicas"]
 
