@@ -11,13 +11,14 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture
 def shell():
+    from IPython import get_ipython
     from IPython.testing.globalipapp import start_ipython
 
     import sgl_jupyter
     from sgl_jupyter.jupyter import get_session
 
     ext = "sgl_jupyter" if hasattr(sgl_jupyter, "load_ipython_extension") else "sgl_jupyter.jupyter"
-    ip = start_ipython()
+    ip = start_ipython() or get_ipython()  # the process's one test shell (None once it exists)
     loaded_here = get_session(ip) is None
     if loaded_here:
         ip.run_line_magic("load_ext", ext)
