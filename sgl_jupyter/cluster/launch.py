@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -27,6 +28,7 @@ RAY_MISSING = ("Ray Serve is not installed, and --dp-size/--replicas > 1 runs on
 APP_NAME = "sgl_jupyter"
 SERVE_LOGGING = {"log_level": "WARNING", "enable_access_log": False}
 LOCAL_INIT_ATTEMPTS = 3
+SERVE_STOP_TIMEOUT_S = 30.0
 
 
 def _preselect_agent_ports() -> None:
@@ -215,13 +217,23 @@ class ClusterServer:
             return
         if not ray.is_initialized():
             return
-        try:
-            if self._started_ray:
-                serve.shutdown()
-            else:
-                serve.delete(APP_NAME)
-        except Exception as e:  # noqa: BLE001 - shutting down anyway
-            logger.warning("stopping Ray Serve: %s", e)
+
+        def stop_serve() -> None:
+            try:
+                if self._started_ray:
+                    serve.shutdown()
+                else:
+                    serve.delete(APP_NAME)
+            except Exception as e:  # noqa: BLE001 - shutting down anyway
+                logger.warning("stopping Ray Serve: %s", e)
+
+        # Serve's shutdown retries forever if Ray's own processes are already gone (e.g. a Ctrl-C that reached
+        # the whole process group): bounded here, then Ray itself is stopped regardless.
+        stopper = threading.Thread(target=stop_serve, name="sgl-jupyter-serve-stop", daemon=True)
+        stopper.start()
+        stopper.join(SERVE_STOP_TIMEOUT_S)
+        if stopper.is_alive():
+            logger.warning("Ray Serve did not stop within %.0fs; stopping Ray", SERVE_STOP_TIMEOUT_S)
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
