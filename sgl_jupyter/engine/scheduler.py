@@ -23,6 +23,7 @@ from .output import OutputBuilder
 from .prefix_cache import PrefixCache
 from .request import Req
 from .sampling import SamplingRow, apply_penalties, sample
+from .timeline import EngineTimeline
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class InFlight:
 
 
 class Scheduler:
+    timeline: Optional[EngineTimeline] = None  # set by the engine: its step history since load
+
     def __init__(self, runner: ModelRunner, kv_pool: KVPool, req_pool: ReqToTokenPool, cache: PrefixCache,
                  detokenizer: IncrementalDetokenizer, eos_ids: set[int], limits: SchedulerLimits, bus: EventBus,
                  output: OutputBuilder, generator: Optional[torch.Generator] = None):
@@ -159,6 +162,9 @@ class Scheduler:
                                     kv_used=self.kv_pool.size - self.kv_pool.free_size - self.cache.evictable_size,
                                     kv_total=self.kv_pool.size, cache_hit_rate=self.cache.hit_rate,
                                     tokens_per_s=self.tokens_per_s(), duration_s=dt))
+        if self.timeline is not None:  # history since load (timeline.py), kept with or without subscribers
+            self.timeline.on_step(self.generation_tokens_total, self.num_running, self.num_queued,
+                                  self.cache.hit_rate)
         return True
 
     # ------------------------------------------------------------------ memory helpers

@@ -148,10 +148,12 @@ class SglMagics(Magics):
         self.session.show(view, self.shell)
 
     @magic_arguments()
-    @argument("--window", type=float, default=None, help="seconds of history shown (config: SGL.chart_window)")
+    @argument("--window", type=float, default=None, help="seconds of history shown, 0: all since the model loaded "
+                                                          "(config: SGL.chart_window)")
     @line_magic
     def sgl_stats(self, line: str = "") -> Any:
-        """Throughput, running/queued requests and cache hit rate over time (live), and a DataFrame of metrics.
+        """Throughput, running/queued requests and cache hit rate over time since the model loaded (live), and a
+        DataFrame of metrics whose generated tokens and hit rate are the chart's last point.
 
         The chart is also stored in `_sgl_stats`.
         """
@@ -164,11 +166,12 @@ class SglMagics(Magics):
             raise UsageError("nothing is loaded: run %sgl_load or %sgl_connect first")
         cfg = self.session.config
         window = args.window if args.window is not None else cfg.chart_window
-        if window <= 0:
-            raise UsageError(f"--window must be > 0 seconds, got {window}")
+        if window < 0:
+            raise UsageError(f"--window must be >= 0 seconds (0: all since load), got {window}")
         chart = ThroughputChart(window_s=window)
         if self.session.engine is not None:
-            feed = ThroughputFeed(chart, self.session.pump, tap=self.session.tap, interval=cfg.chart_interval)
+            feed = ThroughputFeed(chart, self.session.pump, engine=self.session.engine, tap=self.session.tap,
+                                  interval=cfg.chart_interval)
         else:
             feed = ThroughputFeed(chart, self.session.pump, server_info=self.session.poll_server_info)
         chart.feed = feed

@@ -54,5 +54,8 @@ def metrics_frame(session: Any):
     for key, label in (("e2e_latency", "end-to-end latency (s)"), ("ttft", "time to first token (s)")):
         for q, v in _quantiles([float(m[key]) for m in unique if m.get(key) is not None]).items():
             rows.append((f"{label} {q}", v))
-    frame = pd.DataFrame(rows, columns=["metric", "value"]).set_index("metric")
+    # object dtype: counters stay ints (16384, not 16384.000000 as one float column would print them)
+    values = [round(v, 4) if isinstance(v, float) else v for _, v in rows]
+    index = pd.Index([k for k, _ in rows], name="metric")
+    frame = pd.DataFrame({"value": pd.Series(values, index=index, dtype=object)})
     return frame
