@@ -93,6 +93,8 @@ def test_stats_after_the_work_shows_the_history_since_load(ip, session, kernel_e
         assert last["tokens_per_s"] == 0 and last["running"] == 0  # the engine is idle now
         assert last["generated"] == frame.loc["generated tokens", "value"] == info["generation_tokens_total"]
         assert last["hit_rate"] == frame.loc["cache hit rate", "value"] == round(info["cache_hit_rate"], 4)
+        assert frame.loc["tokens/s now", "value"] == 0.0
+        assert frame.loc["tokens/s, peak since load", "value"] == max(p["tokens_per_s"] for p in points) > 0
         assert isinstance(frame.loc["KV capacity (tokens)", "value"], int)  # a counter prints as 8192, not 8192.0
         text = chart._repr_mimebundle_()[0]["text/plain"]
         assert f"{last['generated']} tokens generated" in text and "no steps yet" not in text
