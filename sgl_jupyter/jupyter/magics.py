@@ -2,6 +2,7 @@
 ``%sgl_stats``, ``%sgl_flush`` and the ``%%sgl`` cell magic. ``%magic?`` shows each one's arguments."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 from IPython.core.error import UsageError
@@ -33,7 +34,7 @@ class SglMagics(Magics):
               help="engine flags, spelled as for launch_server: --dtype, --device, --max-total-tokens, "
                    "--mem-fraction-static, --max-running-requests (--max-num-sequences), --context-length, "
                    "--chunked-prefill-size, --disable-radix-cache, --attention-backend, --random-seed, ... "
-                   "(`%sgl_load --help` lists them all)")
+                   "(`%sgl_load --help`: the common ones; `--help-all`: every one)")
     @line_magic
     def sgl_load(self, line: str = "") -> None:
         """Load a model into this kernel's engine and make it the backend of %%sgl cells and programs.
@@ -226,6 +227,9 @@ def _precheck(model_path: Optional[str], kwargs: dict) -> None:
 
     if model_path is None:
         return
+    if not Path(model_path).expanduser().exists():  # the loader's message would name --model-path
+        raise UsageError(f"%sgl_load: model path {model_path!r} does not exist: give %sgl_load an HF model "
+                         "directory (config.json, *.safetensors, tokenizer), or no path for the embedded model")
     try:
         check_model_dir(model_path, kwargs.get("load_format", "auto"))
     except (ValueError, RuntimeError) as e:
