@@ -49,12 +49,13 @@ def install_kernelspec() -> str:
     return KERNEL_NAME
 
 
-def trust_notebooks(paths: Sequence[Path]) -> None:
-    """Sign the project's notebooks (Jupyter's notebook trust), so opening one logs no "is not trusted"."""
+def trust_notebooks(paths: Sequence[Path], data_dir: Optional[str] = None) -> None:
+    """Sign the project's notebooks (Jupyter's notebook trust, kept in `data_dir`: default the user's Jupyter
+    data dir), so opening one logs no "is not trusted"."""
     import nbformat
     from nbformat.sign import NotebookNotary
 
-    notary = NotebookNotary()
+    notary = NotebookNotary(data_dir=data_dir) if data_dir else NotebookNotary()
     for path in paths:
         try:
             nb = nbformat.read(path, as_version=4)
@@ -139,7 +140,14 @@ def run_headless(paths: Sequence[Path], out_dir: Path, quick: bool = False, time
     return results
 
 
-LAB_QUIET: tuple[str, ...] = ()  # JupyterLab settings that silence start-up warnings (see README)
+def lab_flags() -> list[str]:
+    """JupyterLab settings of the main job (the browser tests start their JupyterLab with them too): CurveZMQ
+    kernel keys; and no websocket keep-alive pings: jupyter_server 2.x hands Tornado >= 6.5 its ping interval
+    and timeout in milliseconds where Tornado expects seconds (jupyter_server issue 1612), which logs "The
+    websocket_ping_timeout (90000) cannot be longer than the websocket_ping_interval (30000)" on every start.
+    A server on 127.0.0.1 has no proxy to keep a connection alive through; a closed tab still closes its socket."""
+    return [f"--MappingKernelManager.transport_encryption={ENCRYPTION}",
+            '--ServerApp.tornado_settings={"ws_ping_interval": 0}']
 
 
 def start_lab(port: int, open_browser: bool, notebook: Path) -> None:
@@ -152,7 +160,7 @@ def start_lab(port: int, open_browser: bool, notebook: Path) -> None:
     trust_notebooks(notebook_paths())
     argv = [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
             "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT}",
-            f"--MappingKernelManager.transport_encryption={ENCRYPTION}", *LAB_QUIET, str(rel)]
+            *lab_flags(), str(rel)]
     if not open_browser:
         argv.append("--no-browser")
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and CI run as root; Jupyter refuses without it
