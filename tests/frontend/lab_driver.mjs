@@ -291,6 +291,7 @@ async function quickstartScenario() {
       result.outputs[i] = await outputText(i);
     }
   }
+  result.dirtyAfterRun = await page.locator('.lm-TabBar-tab.jp-mod-dirty').count(); // outputs changed: dirty now
   result.stderrOutputs = await page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').count();
   // the last chart (%sgl_stats) and the DataFrame beside it
   const chart = page.locator('.jp-Notebook .sgl-throughput').last();
