@@ -30,6 +30,7 @@ from .rank_setup import build_rank, kv_capacity
 from .request import Req
 from .request_factory import InputIds, Prompt, RequestFactory
 from .scheduler import Scheduler, SchedulerLimits
+from .timeline import EngineTimeline
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class Engine:
                                        schedule_policy=self.args.schedule_policy),
                                    self.bus, OutputBuilder(self.tokenizer), generator)
         self.scheduler.enable_jump_forward = not self.args.disable_regex_jump_forward
+        self.timeline = self.scheduler.timeline = EngineTimeline()  # step history since load (%sgl_stats)
         self.scheduler.continuous_decode_steps = self.runner.continuous_decode_steps
         self.requests = RequestFactory(self.tokenizer, self.vocab_size, self.max_context, self.device, self.eos_ids,
                                        self.detokenizer, self.args.random_seed)
