@@ -23,10 +23,11 @@ def _module_cli(module: str):
 
 BENCHES = {"offline": _offline, "latency": _module_cli("latency"), "constrained": _module_cli("constrained"),
            "multiturn": _module_cli("multiturn"), "throughput": _module_cli("throughput"),
-           "structured": _module_cli("structured"), "serving": _module_cli("serving"), "sharegpt": _module_cli("sharegpt")}
+           "structured": _module_cli("structured"), "serving": _module_cli("serving"),
+           "sharegpt": _module_cli("sharegpt"), "accuracy": _module_cli("accuracy"), "router": _module_cli("router")}
 # benches whose rows are per request: print (and also save) their summary table instead
 SUMMARIES = {"multiturn": ("multiturn", "summary"), "throughput": ("throughput", "pivot"),
-             "structured": ("structured", "summary")}
+             "structured": ("structured", "summary"), "router": ("router", "summary")}
 
 
 def main(argv: list[str] | None = None) -> int:

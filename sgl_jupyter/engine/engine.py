@@ -31,6 +31,7 @@ from .request import Req
 from .request_factory import InputIds, Prompt, RequestFactory
 from .scheduler import Scheduler, SchedulerLimits
 from .server_info import server_info
+from .timeline import EngineTimeline
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class Engine:
                                        max_decode_gap_s=DECODE_GAP_S if self.device.type == "cuda" else 0.0),
                                    self.bus, OutputBuilder(self.tokenizer), generator)
         self.scheduler.enable_jump_forward = not self.args.disable_regex_jump_forward
+        self.timeline = self.scheduler.timeline = EngineTimeline()  # step history since load (%sgl_stats)
         self.scheduler.continuous_decode_steps = self.runner.continuous_decode_steps
         self.requests = RequestFactory(self.tokenizer, self.vocab_size, self.max_context, self.device, self.eos_ids,
                                        self.detokenizer, self.args.random_seed)

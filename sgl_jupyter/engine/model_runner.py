@@ -34,6 +34,9 @@ class ModelRunner:
         self.graphs = None  # CudaGraphRunner once captured
         self.continuous_decode_steps = 1  # greedy decode steps per launch (multi-step graphs captured)
         self.tp_coordinator = None  # tensor parallel, rank 0: distributed.coordinator.TPCoordinator
+        from .cpu_decode import build_cpu_decoder
+
+        self.cpu_decode = build_cpu_decoder(loaded, kv_pool, req_to_token)  # packed GGUF on CPU: one C call/step
 
     def capture_cuda_graphs(self, max_bs: int, progress: bool = False) -> None:
         from .cuda_graph_runner import CudaGraphRunner
@@ -72,6 +75,8 @@ class ModelRunner:
     def _forward_local(self, fb: ForwardBatch) -> torch.Tensor:
         if self.graphs is not None and self.graphs.can_run(fb):
             return self.graphs.replay(fb)
+        if self.cpu_decode is not None and fb.is_decode:
+            return self.cpu_decode.forward(fb)
         return self._forward_eager(fb)
 
     def _forward_eager(self, fb: ForwardBatch) -> torch.Tensor:

@@ -22,6 +22,7 @@ from .prefill_phase import PrefillPhase
 from .prefix_cache import PrefixCache
 from .request import Req
 from .scheduler_policy import SchedulerLimits, decode_reserve
+from .timeline import EngineTimeline
 from .token_output import TokenOutput
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ __all__ = ["Scheduler", "SchedulerLimits", "InFlight"]
 class Scheduler(PrefillPhase, DecodePhase, OverlapPipeline, TokenOutput):
     """The scheduler thread's state and its step loop; the phases are mixins in their own modules
     (prefill_phase, decode_phase, overlap, token_output), the admission policy in scheduler_policy."""
+
+    timeline: Optional[EngineTimeline] = None  # set by the engine: its step history since load
 
     def __init__(self, runner: ModelRunner, kv_pool: KVPool, req_pool: ReqToTokenPool, cache: PrefixCache,
                  detokenizer: IncrementalDetokenizer, eos_ids: set[int], limits: SchedulerLimits, bus: EventBus,
@@ -149,6 +152,9 @@ class Scheduler(PrefillPhase, DecodePhase, OverlapPipeline, TokenOutput):
                                     kv_used=self.kv_pool.size - self.kv_pool.free_size - self.cache.evictable_size,
                                     kv_total=self.kv_pool.size, cache_hit_rate=self.cache.hit_rate,
                                     tokens_per_s=self.tokens_per_s(), duration_s=dt))
+        if self.timeline is not None:  # history since load (timeline.py), kept with or without subscribers
+            self.timeline.on_step(self.generation_tokens_total, self.num_running, self.num_queued,
+                                  self.cache.hit_rate)
         return True
 
     def _decode_overdue(self, now: float) -> bool:
