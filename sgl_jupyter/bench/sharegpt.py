@@ -72,6 +72,21 @@ def sharegpt_workload(n: int, vocab_size: int, seed: int = 0, input_law: LengthL
     return ShareGPTWorkload(ids, outs)
 
 
+COUNTERS = ("sampled_launches", "overlapped_launches", "decode_gap_steps", "jump_forward_tokens_total",
+            "draft_tokens_total", "draft_tokens_accepted")
+
+
+def _counters(engine) -> dict:
+    """The scheduler's path counters and the model's forward calls (a run's delta says which paths ran)."""
+    out = {name: getattr(engine.scheduler, name, 0) for name in COUNTERS}
+    out["forward_calls"] = engine.runner.forward_calls
+    return out
+
+
+def _delta(before: dict, after: dict) -> dict:
+    return {k: after[k] - before[k] for k in before}
+
+
 @dataclass
 class Anatomy:
     """Where one run's time went, from the engine's StepEvents."""
@@ -108,17 +123,19 @@ def run_engine(engine, work: ShareGPTWorkload, extra: Optional[dict] = None, see
     engine.flush_cache()
     anatomy = Anatomy()
     unsubscribe = engine.subscribe(anatomy)
+    c0 = _counters(engine)
     try:
         t0 = time.perf_counter()
         outs = engine.generate(input_ids=work.input_ids, sampling_params=params)
         wall = time.perf_counter() - t0
     finally:
         unsubscribe()
+    counters = _delta(c0, _counters(engine))
     out_tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
     return {"requests": len(outs), "input_tokens": work.input_tokens, "output_tokens": out_tokens,
             "seconds": wall, "output_tok_per_s": out_tokens / wall,
             "total_tok_per_s": (out_tokens + work.input_tokens) / wall, "req_per_s": len(outs) / wall,
-            **anatomy.summary(wall), "_outputs": outs}
+            **anatomy.summary(wall), **counters, "_outputs": outs}
 
 
 def json_vs_free(engine, n: int = 256, max_new_tokens: int = 128, temperature: float = 0.8) -> list[dict]:
@@ -131,10 +148,12 @@ def json_vs_free(engine, n: int = 256, max_new_tokens: int = 128, temperature: f
     schema = json.dumps(JSON_SCHEMA)
     rows = []
     engine.flush_cache()
+    c0 = _counters(engine)
     t0 = time.perf_counter()
     outs = engine.generate(prompts, [{"max_new_tokens": max_new_tokens, "temperature": temperature,
                                       "json_schema": schema, "seed": i} for i in range(n)])
     dt = time.perf_counter() - t0
+    counters = _delta(c0, _counters(engine))
     toks = [o["meta_info"]["completion_tokens"] for o in outs]
     valid = 0
     for o in outs:
@@ -145,15 +164,17 @@ def json_vs_free(engine, n: int = 256, max_new_tokens: int = 128, temperature: f
             pass
     rows.append({"mode": f"json_schema T={temperature}", "requests": n, "output_tokens": sum(toks), "seconds": dt,
                  "output_tok_per_s": sum(toks) / dt, "valid": valid,
-                 "finished_by_grammar": sum(o["meta_info"]["finish_reason"]["type"] == "stop" for o in outs)})
+                 "finished_by_grammar": sum(o["meta_info"]["finish_reason"]["type"] == "stop" for o in outs),
+                 **counters})
     engine.flush_cache()
+    c1 = _counters(engine)
     t0 = time.perf_counter()
     free = engine.generate(prompts, [{"max_new_tokens": max(1, t), "temperature": temperature, "ignore_eos": True,
                                       "seed": i} for i, t in enumerate(toks)])
     dt = time.perf_counter() - t0
     ft = sum(o["meta_info"]["completion_tokens"] for o in free)
     rows.append({"mode": f"free T={temperature} (same token counts)", "requests": n, "output_tokens": ft,
-                 "seconds": dt, "output_tok_per_s": ft / dt})
+                 "seconds": dt, "output_tok_per_s": ft / dt, **_delta(c1, _counters(engine))})
     rows[0]["ratio_vs_free"] = rows[0]["output_tok_per_s"] / rows[1]["output_tok_per_s"]
     return rows
 
