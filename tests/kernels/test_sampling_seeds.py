@@ -32,7 +32,7 @@ def test_seeded_draws_repeat_and_ignore_the_rest_of_the_batch(interp_device):
 
 
 def test_draws_over_step_seeds_follow_the_distribution(interp_device):
-    n, v = 1024, 8
+    n, v = 256, 8
     logits = torch.tensor([[1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5, -2.0]], device=interp_device).repeat(n, 1)
     seeds = step_seeds(torch.full((n,), 12345, dtype=torch.int64), torch.arange(n, dtype=torch.int64))
     toks = sample_triton(logits, *_params(n, interp_device), seeds.to(interp_device)).cpu()
