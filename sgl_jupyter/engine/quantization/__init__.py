@@ -79,3 +79,4 @@ def quantize_model(model: torch.nn.Module, name: Optional[str], *, model_path: P
 
 
 from . import fp8  # noqa: E402,F401  (registers "fp8")
+from . import gguf_cpu  # noqa: E402,F401  (registers "gguf")
