@@ -3,13 +3,13 @@ perplexity within 3%, first-16-token greedy agreement on >= 24 of 32 prompts), d
 to eager decode, no KV leak, and the 8B shape's weights at half the bytes."""
 from __future__ import annotations
 
-import gc
 import os
 
 import pytest
 import torch
 
 from tests.conftest import assert_no_leak
+from tests.engine.test_gpu_engine import _free
 
 pytestmark = pytest.mark.gpu
 
@@ -17,14 +17,6 @@ pytestmark = pytest.mark.gpu
 def _fp8_gpu() -> None:
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("this GPU has no FP8")
-
-
-def _free(*objs) -> None:
-    for o in objs:
-        if hasattr(o, "shutdown"):
-            o.shutdown()
-    gc.collect()
-    torch.cuda.empty_cache()
 
 
 def test_fp8_embedded_model_accuracy_against_bf16(model_path):

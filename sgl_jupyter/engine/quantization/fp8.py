@@ -116,7 +116,8 @@ class Fp8LinearMethod(LinearQuantMethod):
             y = F.linear(x, fp8_kernels.dequantize_weight(q, scale, x.dtype), bias)
         elif x.shape[0] == 1:
             y = gemv.gemv_triton(x, q, bias, scale=scale)
-        elif (x.shape[0] >= self.act_quant_min_tokens and fp8_kernels.scaled_mm_ok(*q.shape)
+        elif (x.shape[0] >= self.act_quant_min_tokens and x.dtype == torch.bfloat16  # rowwise scales: bf16 out
+              and fp8_kernels.scaled_mm_ok(*q.shape)
               and torch.cuda.get_device_capability(x.device) >= SCALED_MM_CAPABILITY):
             y = fp8_kernels.scaled_matmul(x, q, scale, bias)
         else:
