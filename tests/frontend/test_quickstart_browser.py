@@ -26,7 +26,6 @@ PROMISED = {  # what the quickstart's text says the embedded model answers (gree
     'select("sentiment"': ["positive"],
     "geography teacher": ["The capital of Japan is Tokyo.", "Berlin is the capital city of Germany."],
 }
-LOG_WARNINGS = ("without encryption", "websocket_ping_timeout", "is not trusted")
 
 
 def test_quickstart_run_all_in_jupyterlab(lab, chromium):
@@ -75,6 +74,7 @@ def test_quickstart_run_all_in_jupyterlab(lab, chromium):
     hit = float(chart["hitRate"].split()[-1].rstrip("%"))
     assert abs(hit - 100 * float(table["cache hit rate"])) < 0.06, (chart, table)
 
-    log = lab.log_text()[log_start:]
-    for warning in LOG_WARNINGS:
+    log = lab.log_text()
+    for warning in ("without encryption", "websocket_ping_timeout"):  # server-wide (and logged once): all of it
         assert warning not in log, (warning, log[-3000:])
+    assert "is not trusted" not in log[log_start:], log[log_start:][-3000:]  # our notebook, signed as start.sh does
