@@ -228,6 +228,21 @@ class TokenStreamFeed:
 
 
 # ---------------------------------------------------------------------------------------------- RadixTreeView
+def _clean_preview(text: str) -> str:
+    """A node's text preview without the U+FFFD halves of characters its token boundaries cut (a node, or its
+    preview's first tokens, can end inside a multi-byte character: "28岁" shown as "28\ufffd")."""
+    more = text.endswith("\u2026")
+    body = text[:-1] if more else text
+    return body.strip("\ufffd") + ("\u2026" if more else "")
+
+
+def readable_snapshot(snapshot: dict) -> dict:
+    """`engine.cache_snapshot()` with every node's text preview cleaned (`_clean_preview`)."""
+    nodes = [{**n, "text": _clean_preview(n.get("text", ""))} if "\ufffd" in n.get("text", "") else n
+             for n in snapshot.get("nodes", [])]
+    return {**snapshot, "nodes": nodes}
+
+
 class RadixTreeFeed:
     """Keeps a `RadixTreeView` equal to `engine.cache_snapshot()`, re-read at most every `interval` s after
     the tree may have changed (a prefill, a finished request, a cache event)."""
@@ -263,7 +278,7 @@ class RadixTreeFeed:
         with self._lock:
             self._dirty = False
             self.limit.mark()
-            snap = self.engine.cache_snapshot(max(self.widget.max_nodes, 1) + 1)  # + the root
+            snap = readable_snapshot(self.engine.cache_snapshot(max(self.widget.max_nodes, 1) + 1))  # + the root
             hits = {n["id"]: n.get("hits", 0) for n in snap.get("nodes", [])}
             hot = [i for i, h in hits.items() if i > 0 and h > self._hits.get(i, 0)]
             self._hits = hits

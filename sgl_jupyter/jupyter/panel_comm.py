@@ -132,7 +132,9 @@ class PanelComm:
             if self.session.engine is None:
                 comm.send({"type": "tree", "data": None, "error": "no in-process engine: run %sgl_load"})
             else:
-                comm.send({"type": "tree", "data": self.session.engine.cache_snapshot()})
+                from .feeds import readable_snapshot
+
+                comm.send({"type": "tree", "data": readable_snapshot(self.session.engine.cache_snapshot())})
         else:
             comm.send({"type": "error", "data": {"message": f"unknown panel message type {kind!r}; expected "
                                                             "refresh, flush or tree"}})
