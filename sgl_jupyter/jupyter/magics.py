@@ -100,6 +100,12 @@ class SglMagics(Magics):
     @argument("--port", type=int, default=30000, help="TCP port (default 30000)")
     @argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every request")
     @argument("--stop", action="store_true", help="stop the server")
+    @argument("--replicas", "--dp-size", type=int, default=1,
+              help="N > 1: serve N new engine replicas (the kernel's engine settings) on Ray Serve behind a "
+                   "cache-aware router instead (pip install sgl-jupyter[cluster])")
+    @argument("--router-policy", default="cache-aware", choices=("cache-aware", "round-robin", "least-load"),
+              help="with --replicas: how the router picks a replica")
+    @argument("--ray-address", default=None, help="with --replicas: join this Ray cluster ('auto')")
     @line_magic
     def sgl_serve(self, line: str = "") -> None:
         """Serve the kernel's engine over HTTP (OpenAI- and SGLang-compatible) from a background thread."""
@@ -109,6 +115,17 @@ class SglMagics(Magics):
             return
         if not 0 < args.port < 65536:
             raise UsageError(f"--port must be in 1..65535, got {args.port}")
+        if args.replicas < 1:
+            raise UsageError(f"--replicas must be at least 1, got {args.replicas}")
+        if args.replicas > 1 or args.ray_address:
+            from sgl_jupyter.cluster.notebook import serve_replicas
+
+            server = serve_replicas(self.session, args.host, args.port, args.api_key, args.replicas,
+                                    args.router_policy, args.ray_address)
+            print(f"serving at {server.url}: {args.replicas} replicas on Ray Serve, router policy "
+                  f"{args.router_policy}" + (" (API key required)" if args.api_key else "") +
+                  f"; use it here with %sgl_connect {server.url}")
+            return
         server = self.session.serve(args.host, args.port, args.api_key)
         print(f"serving at {server.url}" + (" (API key required)" if args.api_key else ""))
 
