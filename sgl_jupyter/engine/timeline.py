@@ -90,5 +90,10 @@ class EngineTimeline:
         with self._lock:
             return [asdict(p) for p in self._points]
 
+    def last(self) -> Optional[dict]:
+        """The newest point (None before the first step), without copying the rest."""
+        with self._lock:
+            return asdict(self._points[-1]) if self._points else None
+
     def __len__(self) -> int:
         return len(self._points)

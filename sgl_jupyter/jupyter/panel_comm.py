@@ -47,6 +47,13 @@ def panel_stats(session: Any) -> dict:
         "cache_hit_rate": float(info.get("cache_hit_rate", 0.0) or 0.0),
         "tokens_per_s": round(float(info.get("token_throughput", 0.0) or 0.0), 3),
     })
+    engine = session.engine
+    if engine is not None:  # the same tokens/s as %sgl_stats' chart: the timeline's newest point (0 once idle)
+        from .feeds import engine_totals
+
+        engine.timeline.close_idle(*engine_totals(engine))
+        last = engine.timeline.last()
+        stats["tokens_per_s"] = last["tokens_per_s"] if last else 0.0
     return stats
 
 

@@ -23,6 +23,7 @@ def test_busy_runs_are_sampled_and_separated_by_idle_points():
 
 def test_close_idle_ends_the_run_with_the_totals_read_now():
     tl = EngineTimeline(interval=0.25, t0=0.0)
+    assert tl.last() is None
     tl.on_step(5, 1, 0, 0.0, now=1.0)
     tl.on_step(8, 1, 0, 0.0, now=1.1)
     tl.close_idle(8, 0.25, now=1.2)  # not idle long enough: nothing
@@ -31,6 +32,7 @@ def test_close_idle_ends_the_run_with_the_totals_read_now():
     pts = tl.points()
     assert [(p["t"], p["tokens_per_s"], p["generated"], p["hit_rate"]) for p in pts] == \
            [(1.0, 0.0, 5, 0.0), (1.1, 30.0, 8, 0.25), (1.35, 0.0, 8, 0.25)]
+    assert tl.last() == pts[-1]
     version = tl.version
     tl.close_idle(8, 0.25, now=3.0)  # already ended
     assert tl.version == version
