@@ -306,10 +306,14 @@ def engine_totals(engine: Any) -> tuple[int, float]:
 
 def timeline_points(engine: Any, force_idle: bool = False) -> list[dict]:
     """The engine's step history since load (engine/timeline.py), its busy run ended if the engine went idle
-    (or `force_idle`: the caller knows nothing runs), so the last point carries the counters read now."""
+    (`force_idle`: at once if no request is waiting or running), so the last point carries the counters now."""
+    if force_idle:  # a request that just returned its output may still be leaving the batch: wait for that
+        deadline = time.monotonic() + 0.2
+        while engine.scheduler.has_work and time.monotonic() < deadline:
+            time.sleep(0.005)
     generated, hit_rate = engine_totals(engine)
     timeline = engine.timeline
-    if force_idle:
+    if force_idle and not engine.scheduler.has_work:
         timeline.close_idle(generated, hit_rate, now=float("inf"))
     else:
         timeline.close_idle(generated, hit_rate)
