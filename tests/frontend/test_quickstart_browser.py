@@ -54,6 +54,9 @@ def test_quickstart_run_all_in_jupyterlab(lab, chromium):
     # no warning or traceback in any output; every code cell produced what it should
     outputs = {int(i): text for i, text in r["outputs"].items()}
     assert r["stderrOutputs"] == 0
+    for style in r["wrapStyles"]:  # the %%sgl transcript and token stream wrap at spaces, never inside a word
+        assert style["found"] and style["wordBreak"] == "normal" and style["overflowWrap"] == "break-word", style
+        assert style["whiteSpace"] == "pre-wrap", style
     for i, text in outputs.items():
         assert not re.search(r"Warning|Traceback|Error", text), (sources[i], text)
     for snippet, answers in PROMISED.items():
