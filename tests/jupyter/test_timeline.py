@@ -17,8 +17,9 @@ def test_busy_runs_are_sampled_and_separated_by_idle_points():
     assert pts[1]["tokens_per_s"] == pytest.approx(200.0) and pts[2]["generated"] == 110
     tl.on_step(120, running=1, queued=0, hit_rate=0.6, now=105.0)  # after 4.5 s idle
     pts = tl.points()
-    assert [(p["t"], p["tokens_per_s"], p["running"]) for p in pts[3:]] == [(0.75, 0.0, 0), (5.0, 0.0, 1)]
-    assert pts[3]["generated"] == 110 and pts[4]["generated"] == 120  # the idle point keeps the old total
+    assert [(p["t"], p["tokens_per_s"], p["running"]) for p in pts[3:]] == \
+           [(0.75, 0.0, 0), (4.999, 0.0, 0), (5.0, 0.0, 1)]  # at rest from 0.75 s until the step at 5 s
+    assert [p["generated"] for p in pts[3:]] == [110, 110, 120]  # the idle points keep the old total
 
 
 def test_close_idle_ends_the_run_with_the_totals_read_now():
