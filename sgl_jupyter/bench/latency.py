@@ -119,24 +119,15 @@ def _best(trials: list[dict]) -> dict:
     return max(trials, key=lambda r: r["decode_tok_per_s"])
 
 
-def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
-    from tqdm.auto import tqdm
-
+def _engine_rows(cfg: LatencyConfig, model_path, ids_fn, kwargs: dict, label: str, bar) -> tuple[dict, dict]:
+    """Best of ``cfg.trials`` for one engine configuration; also (info, engine facts) for the table's attrs."""
     from sgl_jupyter import Engine
 
-    from .hf_peers import load_hf
-
-    model_path = resolve_model_path(cfg.model_path)
-    kwargs = {"max_total_tokens": 16384, "max_running_requests": 8, **cfg.engine_kwargs}
     engine = Engine(model_path, load_format=cfg.load_format, dtype=cfg.dtype, device=cfg.device, **kwargs)
-    rows: list[dict] = []
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, min(engine.vocab_size, 32000), (cfg.input_len,), generator=g).tolist()
-    steps = cfg.trials + 1 + len(cfg.peers) * (cfg.trials + 1)
-    bar = tqdm(total=steps, desc="latency", disable=not progress)
     try:
-        model_path = engine.args.model_path  # None -> the embedded model's directory
-        wbytes = weight_bytes(engine.loaded.model)
+        ids = ids_fn(engine)
+        facts = {"model_path": engine.args.model_path, "wbytes": weight_bytes(engine.loaded.model),
+                 "device": engine.device, "dtype": engine.loaded.dtype, "ids": ids}
         _engine_trial(engine, ids, 8)  # warm-up (Triton jit, cuBLAS heuristics)
         bar.update()
         trials = []
@@ -144,14 +135,60 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
             engine.flush_cache()
             trials.append(_engine_trial(engine, ids, cfg.output_len))
             bar.update()
-        rows.append({"system": "sgl_jupyter engine", **_best(trials)})
-        info = {"attention": engine.attention_backend, "cuda_graphs": engine.runner.graphs is not None}
-        device, dtype = engine.device, engine.loaded.dtype
+        info = {"attention": engine.attention_backend, "cuda_graphs": engine.runner.graphs is not None,
+                "cpu_fused_decode": getattr(engine.runner, "cpu_decode", None) is not None}
+        return {"system": label, **_best(trials)}, {**info, **facts}
     finally:
         engine.shutdown()
         del engine
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
+    """The dense engine first; with ``quantization`` in ``engine_kwargs`` the quantized engine beside it in the same
+    run (same prompt ids), and with ``quantization="gguf"`` on the CPU also llama.cpp on the same GGUF file when
+    ``llama_cpp`` is importable (same thread count). ``engine_vs``: the dense engine over each row;
+    ``quant_vs``: the quantized engine over each row."""
+    from tqdm.auto import tqdm
+
+    from . import llama_cpp_peer
+    from .hf_peers import load_hf
+
+    model_path = resolve_model_path(cfg.model_path)
+    kwargs = {"max_total_tokens": 16384, "max_running_requests": 8, **cfg.engine_kwargs}
+    quant = kwargs.pop("quantization", None)
+    peers = list(cfg.peers) + (["llama_cpp"] if quant == "gguf" and llama_cpp_peer.available() else [])
+    g = torch.Generator().manual_seed(0)
+    ids_fn = lambda eng: torch.randint(100, min(eng.vocab_size, 32000), (cfg.input_len,), generator=g).tolist()
+    steps = (2 if quant else 1) * (cfg.trials + 1) + len(peers) * (cfg.trials + 1)
+    bar = tqdm(total=steps, desc="latency", disable=not progress)
+    row, info = _engine_rows(cfg, model_path, ids_fn, kwargs, "sgl_jupyter engine", bar)
+    rows: list[dict] = [row]
+    ids, model_path, wbytes = info.pop("ids"), info.pop("model_path"), info.pop("wbytes")
+    device, dtype = info.pop("device"), info.pop("dtype")
+    roofs: list[tuple[str, int]] = [("", wbytes)]  # (variant, weight bytes) per engine row, in row order
+    if quant:
+        qrow, qinfo = _engine_rows(cfg, model_path, lambda eng: ids, {**kwargs, "quantization": quant},
+                                   f"sgl_jupyter engine ({quant})", bar)
+        rows.append(qrow)
+        roofs.append((quant, qinfo["wbytes"]))
+        info["quantized_fused_decode"] = qinfo["cpu_fused_decode"]
+    if "llama_cpp" in peers:
+        from sgl_jupyter.engine.gguf_blocks import find_gguf_for
+
+        llm = llama_cpp_peer.load(find_gguf_for(model_path), torch.get_num_threads(),
+                                  n_ctx=cfg.input_len + cfg.output_len + 16)
+        llama_cpp_peer.trial(llm, ids, 8)
+        bar.update()
+        trials = []
+        for _ in range(cfg.trials):
+            trials.append(llama_cpp_peer.trial(llm, ids, cfg.output_len))
+            bar.update()
+        rows.append({"system": f"llama.cpp (same GGUF, {torch.get_num_threads()} threads)", **_best(trials)})
+        peers.remove("llama_cpp")
+        del llm
+    cfg = LatencyConfig(**{**cfg.__dict__, "peers": tuple(peers)})
     if cfg.peers:
         from transformers import CompileConfig
 
@@ -175,15 +212,20 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
     bar.close()
     if device.type == "cuda":
         bw = copy_bandwidth(device)
-        roof = bw / wbytes
-        rows.append({"system": f"roofline ({wbytes / 1e9:.2f} GB weights / {bw / 1e12:.2f} TB/s copy)",
-                     "ttft_ms": float("nan"), "tokens": cfg.output_len, "seconds": float("nan"),
-                     "decode_tok_per_s": roof})
+        for i, (variant, nbytes) in enumerate(roofs):  # engine rows come first, in the order of roofs
+            rows[i]["of_roofline"] = rows[i]["decode_tok_per_s"] * nbytes / bw
+            rows.append({"system": f"roofline{' ' + variant if variant else ''} ({nbytes / 1e9:.2f} GB weights / "
+                                   f"{bw / 1e12:.2f} TB/s copy)", "ttft_ms": float("nan"), "tokens": cfg.output_len,
+                         "seconds": float("nan"), "decode_tok_per_s": bw / nbytes})
     df = pd.DataFrame(rows)
     ours = df.loc[0, "decode_tok_per_s"]
-    df["engine_vs"] = ours / df["decode_tok_per_s"]  # engine's decode speed over this row's
+    df["engine_vs"] = ours / df["decode_tok_per_s"]  # the (dense) engine's decode speed over this row's
     df.attrs.update({"model": cfg.model_path, "dtype": str(dtype), "device": str(device), "weight_bytes": wbytes,
-                     "input_len": cfg.input_len, "output_len": cfg.output_len, **info})
+                     "input_len": cfg.input_len, "output_len": cfg.output_len, "threads": torch.get_num_threads(),
+                     "quantization": quant, **info})
+    if quant:
+        df["quant_vs"] = df.loc[1, "decode_tok_per_s"] / df["decode_tok_per_s"]
+        df.attrs[f"{quant}_vs_dense"] = df.loc[1, "decode_tok_per_s"] / ours
     return df
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from .attention.base import AttentionBackend
-from .cuda_graph_runner import MultiStepLaunch
+from .cuda_graph_runner import LaunchSampling, MultiStepLaunch
 from .forward_batch import ForwardBatch
 from .kv_pool import KVPool, ReqToTokenPool
 from .loader import LoadedModel
@@ -34,6 +34,9 @@ class ModelRunner:
         self.graphs = None  # CudaGraphRunner once captured
         self.continuous_decode_steps = 1  # greedy decode steps per launch (multi-step graphs captured)
         self.tp_coordinator = None  # tensor parallel, rank 0: distributed.coordinator.TPCoordinator
+        from .cpu_decode import build_cpu_decoder
+
+        self.cpu_decode = build_cpu_decoder(loaded, kv_pool, req_to_token)  # packed GGUF on CPU: one C call/step
 
     def capture_cuda_graphs(self, max_bs: int, progress: bool = False) -> None:
         from .cuda_graph_runner import CudaGraphRunner
@@ -49,11 +52,17 @@ class ModelRunner:
         """Largest batch that ``launch_decode_multi_step`` takes (0: not captured)."""
         return getattr(self.graphs, "ms_max_bs", 0) if self.graphs is not None else 0
 
+    @property
+    def multi_step_sampling(self) -> bool:
+        """Multi-step launches can sample on the device (not only take the argmax)."""
+        return self.graphs is not None and bool(getattr(self.graphs, "ms_sampled_graphs", None))
+
     @torch.inference_mode()
     def launch_decode_multi_step(self, input_ids: list[int], positions: list[int], locs: torch.Tensor,
-                                 rows: list[int], carry: Optional[list[int]] = None) -> MultiStepLaunch:
+                                 rows: list[int], carry: Optional[list[int]] = None,
+                                 sampling: Optional[LaunchSampling] = None) -> MultiStepLaunch:
         self.forward_calls += 1
-        return self.graphs.launch_multi_step(input_ids, positions, locs, rows, carry)
+        return self.graphs.launch_multi_step(input_ids, positions, locs, rows, carry, sampling)
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> torch.Tensor:
@@ -66,6 +75,8 @@ class ModelRunner:
     def _forward_local(self, fb: ForwardBatch) -> torch.Tensor:
         if self.graphs is not None and self.graphs.can_run(fb):
             return self.graphs.replay(fb)
+        if self.cpu_decode is not None and fb.is_decode:
+            return self.cpu_decode.forward(fb)
         return self._forward_eager(fb)
 
     def _forward_eager(self, fb: ForwardBatch) -> torch.Tensor:

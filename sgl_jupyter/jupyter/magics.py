@@ -2,6 +2,7 @@
 ``%sgl_stats``, ``%sgl_flush`` and the ``%%sgl`` cell magic. ``%magic?`` shows each one's arguments."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 from IPython.core.error import UsageError
@@ -33,7 +34,7 @@ class SglMagics(Magics):
               help="engine flags, spelled as for launch_server: --dtype, --device, --max-total-tokens, "
                    "--mem-fraction-static, --max-running-requests (--max-num-sequences), --context-length, "
                    "--chunked-prefill-size, --disable-radix-cache, --attention-backend, --random-seed, ... "
-                   "(`%sgl_load --help` lists them all)")
+                   "(`%sgl_load --help`: the common ones; `--help-all`: every one)")
     @line_magic
     def sgl_load(self, line: str = "") -> None:
         """Load a model into this kernel's engine and make it the backend of %%sgl cells and programs.
@@ -165,10 +166,12 @@ class SglMagics(Magics):
         self.session.show(view, self.shell)
 
     @magic_arguments()
-    @argument("--window", type=float, default=None, help="seconds of history shown (config: SGL.chart_window)")
+    @argument("--window", type=float, default=None, help="seconds of history shown, 0: all since the model loaded "
+                                                          "(config: SGL.chart_window)")
     @line_magic
     def sgl_stats(self, line: str = "") -> Any:
-        """Throughput, running/queued requests and cache hit rate over time (live), and a DataFrame of metrics.
+        """Throughput, running/queued requests and cache hit rate over time since the model loaded (live), and a
+        DataFrame of metrics whose generated tokens and hit rate are the chart's last point.
 
         The chart is also stored in `_sgl_stats`.
         """
@@ -181,11 +184,12 @@ class SglMagics(Magics):
             raise UsageError("nothing is loaded: run %sgl_load or %sgl_connect first")
         cfg = self.session.config
         window = args.window if args.window is not None else cfg.chart_window
-        if window <= 0:
-            raise UsageError(f"--window must be > 0 seconds, got {window}")
+        if window < 0:
+            raise UsageError(f"--window must be >= 0 seconds (0: all since load), got {window}")
         chart = ThroughputChart(window_s=window)
         if self.session.engine is not None:
-            feed = ThroughputFeed(chart, self.session.pump, tap=self.session.tap, interval=cfg.chart_interval)
+            feed = ThroughputFeed(chart, self.session.pump, engine=self.session.engine, tap=self.session.tap,
+                                  interval=cfg.chart_interval)
         else:
             feed = ThroughputFeed(chart, self.session.pump, server_info=self.session.poll_server_info)
         chart.feed = feed
@@ -240,6 +244,9 @@ def _precheck(model_path: Optional[str], kwargs: dict) -> None:
 
     if model_path is None:
         return
+    if not Path(model_path).expanduser().exists():  # the loader's message would name --model-path
+        raise UsageError(f"%sgl_load: model path {model_path!r} does not exist: give %sgl_load an HF model "
+                         "directory (config.json, *.safetensors, tokenizer), or no path for the embedded model")
     try:
         check_model_dir(model_path, kwargs.get("load_format", "auto"))
     except (ValueError, RuntimeError) as e:

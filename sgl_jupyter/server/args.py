@@ -26,6 +26,8 @@ _HELP = {
     "tokenizer_path": "Tokenizer directory, if not the model's.",
     "load_format": "Weights format; 'dummy' = random weights from config.json.",
     "dtype": "Weights/activations dtype; auto = bfloat16 on CUDA, float32 on CPU.",
+    "quantization": "Weights of every linear layer: fp8 = e4m3 with per-channel scales (NVIDIA GPUs with FP8: "
+                    "Ada, Hopper, Blackwell; FP8 checkpoints load as fp8 without it). Default: dense --dtype.",
     "device": "auto, cpu, cuda or cuda:N.",
     "trust_remote_code": "Allow custom model code from the model directory.",
     "context_length": "Override the model's context length.",
@@ -108,6 +110,10 @@ def build_parser(prog: str = "python -m sgl_jupyter.launch_server") -> argparse.
         kwargs["default"] = f.default
         if f.name in _CHOICES:
             kwargs["choices"] = _CHOICES[f.name]
+        elif f.name == "quantization":
+            from ..engine import quantization
+
+            kwargs["choices"] = quantization.names()
         elif kind in (int, float):
             kwargs["type"] = kind
             kwargs["metavar"] = kind.__name__.upper()

@@ -207,7 +207,9 @@ def test_syntax_error_is_reported_with_its_line(ip):
     result = ip.run_cell('%%sgl\ns += "a"\ns += (\n')
     err = result.error_in_exec
     assert isinstance(err.error, SyntaxError)
-    assert "of the %%sgl cell" in "\n".join(err._render_traceback_())
+    shown = "\n".join(err._render_traceback_())
+    assert "at line 3 of the %%sgl cell" in shown
+    assert re.findall(r"line (\d+)", shown) == ["3"], shown  # one line number: the cell's, not the body's too
 
 
 def test_bad_cell_arguments_are_usage_errors(ip, capsys):
