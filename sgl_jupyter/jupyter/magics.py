@@ -2,6 +2,7 @@
 ``%sgl_stats``, ``%sgl_flush`` and the ``%%sgl`` cell magic. ``%magic?`` shows each one's arguments."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -111,7 +112,10 @@ class SglMagics(Magics):
         """Serve the kernel's engine over HTTP (OpenAI- and SGLang-compatible) from a background thread."""
         args = parse_argstring(self.sgl_serve, line)
         if args.stop:
-            print("server stopped" if self.session.stop_server() else "no server was running")
+            stopped = self.session.stop_server()
+            if "sgl_jupyter.cluster.notebook" in sys.modules:  # %sgl_serve --replicas ran in this kernel
+                stopped = sys.modules["sgl_jupyter.cluster.notebook"].stop_replicas(self.session) or stopped
+            print("server stopped" if stopped else "no server was running")
             return
         if not 0 < args.port < 65536:
             raise UsageError(f"--port must be in 1..65535, got {args.port}")

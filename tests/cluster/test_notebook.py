@@ -48,6 +48,7 @@ s += "The capital of France is" + gen("city", max_tokens=4, temperature=0)
 
 
 def test_sgl_serve_replicas_on_a_busy_port_is_a_clear_error(shell):
+    pytest.importorskip("ray")
     from IPython.core.error import UsageError
 
     with socket.socket() as busy:
