@@ -390,9 +390,9 @@ void gguf_decode(const Model *md, float *x, int M, const int64_t *pos, const int
                 attend(qkv + (size_t)m * QKV + (size_t)h * D, L->k_cache, L->v_cache, table + (size_t)rows[m] * ctx_stride,
                        (int)seq_lens[m], KVH, D, h / (NH / KVH), md->scale, scores + (size_t)ith * max_len,
                        att + (size_t)m * QS + (size_t)h * D);
+                size_t o = (size_t)m * QS + (size_t)h * D;  // this head's blocks (D % 32 == 0): quantized here
+                quantize_row(att + o, D, qx + o, dx + o / QK, sx + o / QK);
             }
-#pragma omp barrier
-            quantize_rows_part(att, M, QS, qx, dx, sx, ith, nth);
 #pragma omp barrier
             matmul_split(L->type_o & 255, L->type_o & INTERLEAVED, L->o, QS, H, M, qx, dx, sx, proj, ith, nth);
 #pragma omp barrier
@@ -406,13 +406,16 @@ void gguf_decode(const Model *md, float *x, int M, const int64_t *pos, const int
 #pragma omp barrier
             matmul_split(L->type_gu & 255, L->type_gu & INTERLEAVED, L->gate_up, H, 2 * I, M, qx, dx, sx, gu, ith, nth);
 #pragma omp barrier
-            split(M, ith, nth, &a, &b);
-            for (int m = a; m < b; m++)
-                for (int i = 0; i < I; i++) {
+            split(M * (I / QK), ith, nth, &a, &b);  // by blocks of 32, each quantized where it is made
+            for (int t = a; t < b; t++) {
+                int m = t / (I / QK), i0 = t % (I / QK) * QK;
+                for (int i = i0; i < i0 + QK; i++) {
                     float g = gu[(size_t)m * 2 * I + i];
                     act[(size_t)m * I + i] = g / (1.f + expf(-g)) * gu[(size_t)m * 2 * I + I + i];
                 }
-            quantize_rows_part(act, M, I, qx, dx, sx, ith, nth);
+                size_t o = (size_t)m * I + i0;
+                quantize_row(act + o, QK, qx + o, dx + o / QK, sx + o / QK);
+            }
 #pragma omp barrier
             matmul_split(L->type_down & 255, L->type_down & INTERLEAVED, L->down, I, H, M, qx, dx, sx, proj, ith, nth);
 #pragma omp barrier

@@ -7,6 +7,11 @@ reuses the user's previous prompt only on the replica that served it, so routing
 Case "long shared prefix": one long system prompt for everyone and short histories: every replica soon
 holds the shared part, so every policy hits (the case where routing does not matter).
 
+Each replica's KV cache (``max_total_tokens``, 16384 by default) holds its half of the users' histories
+(8 x ~1.5k tokens) but not all 16: the regime data-parallel serving is in (KV is what runs out), where
+routing decides whether a replica must cache every user or only its own. With room for everything on every
+replica (32768), round-robin also finds most histories on both replicas after a few turns.
+
 Before each (case, policy) run every replica's cache is flushed and the router's policy switched through
 its deployment handle. Hit rate = cached prompt tokens / prompt tokens of turns 2..N (from the engines'
 own ``meta_info``); TTFT = request sent to first streamed token, through HTTP and the router.
@@ -40,7 +45,7 @@ class RouterBenchConfig:
     answer_tokens: int = 8
     replicas: int = 2
     model_path: Optional[str] = None
-    engine_kwargs: dict = field(default_factory=lambda: {"device": "cpu", "max_total_tokens": 32768})
+    engine_kwargs: dict = field(default_factory=lambda: {"device": "cpu", "max_total_tokens": 16384})
     seed: int = 0
 
 
@@ -133,6 +138,7 @@ def run(cfg: Optional[RouterBenchConfig] = None) -> pd.DataFrame:
                 after = router.routing_stats.remote().result()
                 for r in case_rows:
                     r["wall_s"] = wall
+                    r["kv_tokens_per_replica"] = engine_kwargs.get("max_total_tokens")
                     r["imbalance_fallbacks"] = after["imbalance_fallbacks"] - before["imbalance_fallbacks"]
                     r["routed"] = [a - b for a, b in zip(after["routed"], before["routed"])]
                 rows.extend(case_rows)

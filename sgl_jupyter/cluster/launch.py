@@ -171,7 +171,12 @@ class ClusterServer:
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                                       "log_to_driver": True, "namespace": "sgl_jupyter"}
             if opts.ray_address:
-                ray.init(address=opts.ray_address, **kwargs)
+                try:
+                    ray.init(address=opts.ray_address, **kwargs)
+                except (ConnectionError, RuntimeError, ValueError) as e:
+                    raise StartupError(f"cannot join the Ray cluster at --ray-address {opts.ray_address}: {e}. Start "
+                                       "one with `ray start --head`, or leave --ray-address out to start Ray "
+                                       "here") from e
             else:
                 _init_local_ray(max(os.cpu_count() or 1, opts.replicas), kwargs)
                 self._started_ray = True

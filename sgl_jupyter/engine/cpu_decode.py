@@ -90,8 +90,9 @@ def build_cpu_decoder(loaded, kv_pool, req_to_token_pool) -> Optional[CpuDecoder
         why = f"KV cache {kv_pool.dtype} / table {table.dtype}"
     elif any(getattr(l.self_attn.qkv_proj, "bias", None) is not None for l in model.layers):
         why = "attention bias"
-    elif model.config.hidden_act not in ("silu",) or model.config.hidden_size % 32:
-        why = "activation or hidden size"
+    elif model.config.hidden_act not in ("silu",) or (model.config.hidden_size | model.config.intermediate_size
+                                                      | model.layers[0].self_attn.head_dim) % 32:
+        why = "activation, or a size not a multiple of 32"
     elif getattr(model.config, "head_dim", None) not in (None, model.config.hidden_size // model.config.num_attention_heads):
         why = "head_dim"
     if why:

@@ -4,10 +4,12 @@ runs out, and steps that carry grammar-forced tokens and drafts to verify (jump_
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 
 from .forward_batch import ForwardBatch, ForwardMode
+from .draft_verify import DraftJob, verify_batch
 from .jump_forward import verify_drafts
 from .request import Req
 from .sampling import SamplingRow
@@ -117,22 +119,48 @@ class DecodePhase:
         if plain:
             self._sample_and_process(plain, logits.index_select(0, torch.tensor(plain_rows, device=logits.device)))
         added = 0
+        jobs: list[tuple[Req, int, Optional[DraftJob]]] = []
         for req, row in drafted:
-            added += self._verify_and_process(req, logits[row:row + len(req.draft_ids) + 1])
+            jobs.append((req, row, self._draft_job(req, row)))
+        ready = [job for _, _, job in jobs if job is not None]
+        try:
+            results = iter(verify_batch(logits, ready))
+        except Exception:  # noqa: BLE001 - request by request, so that only a failing request fails
+            results = iter([None] * len(ready))
+        for req, row, job in jobs:
+            result = next(results) if job is not None else None
+            added += self._verify_and_process(req, logits[row:row + len(req.draft_ids) + 1], result)
         self._record_tokens(added)
 
-    def _verify_and_process(self, req: Req, logits: torch.Tensor) -> int:
+    def _draft_job(self, req: Req, row: int) -> Optional[DraftJob]:
+        """The request's drafts for ``verify_batch``; None when building its rows fails (it is then
+        verified alone, where the failure fails it)."""
+        drafts, masks = req.draft_ids, req.draft_masks
+        try:
+            return DraftJob(row, list(drafts), masks, self._draft_rows(req, drafts, masks))
+        except Exception:  # noqa: BLE001
+            return None
+
+    def _draft_rows(self, req: Req, drafts: list[int], masks: torch.Tensor) -> list[SamplingRow]:
+        base = len(req.output_ids)
+        return [SamplingRow(req.params, req.prompt_ids, req.output_ids + drafts[:j],
+                            self._banned_ids(req, base + j, masks[j]), req.generator, req.sample_seed)
+                for j in range(len(drafts) + 1)]
+
+    def _verify_and_process(self, req: Req, logits: torch.Tensor, result: Optional[tuple[int, int]] = None) -> int:
         """Verify a request's drafts (their KV was just computed), give the rejected drafts' slots back,
-        and append the accepted drafts and the token after them. Returns the tokens added."""
+        and append the accepted drafts and the token after them. ``result``: the verdict of
+        ``verify_batch``, else the request is verified here alone. Returns the tokens added."""
         drafts, masks = req.draft_ids, req.draft_masks
         req.drop_drafts()
         n = len(drafts)
         logprobs = torch.log_softmax(logits, dim=-1) if req.return_logprob else None
         try:
-            base = len(req.output_ids)
-            rows = [SamplingRow(req.params, req.prompt_ids, req.output_ids + drafts[:j],
-                                self._banned_ids(req, base + j, masks[j]), req.generator) for j in range(n + 1)]
-            accepted, token = verify_drafts(logits, drafts, masks, rows, self.generator)
+            if result is not None:
+                accepted, token = result
+            else:
+                accepted, token = verify_drafts(logits, drafts, masks, self._draft_rows(req, drafts, masks),
+                                                self.generator)
         except Exception as e:  # noqa: BLE001 - this request's grammar or sampling failed: it fails alone
             self._truncate_kv(req, req.kv_len - n)
             return self._commit(req, [], error=e)

@@ -30,11 +30,15 @@ from .rank_setup import build_rank, kv_capacity
 from .request import Req
 from .request_factory import InputIds, Prompt, RequestFactory
 from .scheduler import Scheduler, SchedulerLimits
+from .server_info import server_info
 from .timeline import EngineTimeline
 
 logger = logging.getLogger(__name__)
 
 
+# on CUDA a running stream waits at most this long for its next decode step while prefills are admitted
+# (issue 17: a burst of admissions stalled streams 3.6 s); one 8192-token prefill chunk fits well inside it
+DECODE_GAP_S = 0.1
 _POLL_S = 0.05  # caller-side wait granularity: lets Ctrl-C reach a notebook cell promptly
 
 
@@ -101,7 +105,8 @@ class Engine:
                                        max_running=self.max_running, max_context=self.max_context,
                                        chunked_prefill_size=self.args.prefill_chunk(self.device.type),
                                        max_prefill_tokens=self.args.max_prefill_tokens,
-                                       schedule_policy=self.args.schedule_policy),
+                                       schedule_policy=self.args.schedule_policy,
+                                       max_decode_gap_s=DECODE_GAP_S if self.device.type == "cuda" else 0.0),
                                    self.bus, OutputBuilder(self.tokenizer), generator)
         self.scheduler.enable_jump_forward = not self.args.disable_regex_jump_forward
         self.timeline = self.scheduler.timeline = EngineTimeline()  # step history since load (%sgl_stats)
@@ -407,38 +412,8 @@ class Engine:
         return self.bus.subscribe(callback)
 
     def get_server_info(self) -> dict:
-        s, pool, cache = self.scheduler, self.kv_pool, self.cache
-        evictable, protected = cache.evictable_size, cache.protected_size
-        return {
-            "model_path": self.args.model_path,
-            "served_model_name": self.args.served_model_name or self.args.model_path,
-            "args": self.args.to_dict(),
-            "device": str(self.device),
-            "dtype": str(self.loaded.dtype).removeprefix("torch."),
-            "num_params": self.loaded.num_params,
-            "attention_backend": self.attention_backend,
-            "max_total_num_tokens": pool.size,
-            "max_context_length": self.max_context,
-            "max_running_requests": self.max_running,
-            "kv": {"total": pool.size, "free": pool.free_size, "evictable": evictable, "protected": protected,
-                   "used": pool.size - pool.free_size - evictable},
-            "num_running_reqs": s.num_running,
-            "num_queue_reqs": s.num_queued,
-            "cache": cache.stats(),
-            "cache_hit_rate": cache.hit_rate,
-            "radix_cache": not self.args.disable_radix_cache,
-            "token_throughput": s.tokens_per_s(),
-            "num_finished_reqs": s.num_finished,
-            "num_retracted_reqs": s.num_retracted,
-            "prompt_tokens_total": s.prompt_tokens_total,
-            "generation_tokens_total": s.generation_tokens_total,
-            "cached_tokens_total": s.cached_tokens_total,
-            "extend_tokens_total": s.extend_tokens_total,
-            "forward_calls": self.runner.forward_calls,
-            "constrained_decoding": _constrained_available(),
-            "load_time_s": self.load_time_s,
-            "version": __import__("sgl_jupyter").__version__,
-        }
+        """Model, memory, cache and counters as SGLang's ``/get_server_info`` reports them."""
+        return server_info(self)
 
     def shutdown(self) -> None:
         if self._closed:
@@ -507,15 +482,6 @@ def _eos_ids(cfg, tokenizer) -> set[int]:
     if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(int(tokenizer.eos_token_id))
     return ids
-
-
-def _constrained_available() -> bool:
-    try:
-        from . import constrained  # noqa: F401
-
-        return hasattr(constrained, "GrammarBackend")
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def _configure_logging(level: str) -> None:

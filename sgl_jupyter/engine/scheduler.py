@@ -67,6 +67,8 @@ class Scheduler(PrefillPhase, DecodePhase, OverlapPipeline, TokenOutput):
         self._decode_steps = 0
         self._in_flight: Optional[InFlight] = None  # a multi-step decode launched, its tokens not committed
         self.overlapped_launches = 0  # launches enqueued before the previous launch's tokens were committed
+        self._last_decode_t, self._extended_since_decode = 0.0, False
+        self.decode_gap_steps = 0  # decode steps run before a waiting prefill (max_decode_gap_s)
         self.sampled_launches = 0  # multi-step launches that sampled on the device (not greedy)
 
     # ------------------------------------------------------------------ public (scheduler thread only)
@@ -129,7 +131,7 @@ class Scheduler(PrefillPhase, DecodePhase, OverlapPipeline, TokenOutput):
             batch = self._in_flight.batch
             self._step_in_flight()
             mode = "decode"
-        elif batch := self._schedule_extend():
+        elif not self._decode_overdue(t0) and (batch := self._schedule_extend()):
             self._run_extend(batch)
             mode = "extend"
         else:
@@ -138,6 +140,10 @@ class Scheduler(PrefillPhase, DecodePhase, OverlapPipeline, TokenOutput):
                 return False
             self._run_decode(batch)
             mode = "decode"
+        if mode == "decode":
+            self._last_decode_t, self._extended_since_decode = t0, False
+        else:
+            self._extended_since_decode = True
         dt = time.perf_counter() - t0
         self.last_batch = {"mode": mode, "batch_size": len(batch), "duration_s": dt}
         if self.bus.active:
@@ -150,6 +156,18 @@ class Scheduler(PrefillPhase, DecodePhase, OverlapPipeline, TokenOutput):
             self.timeline.on_step(self.generation_tokens_total, self.num_running, self.num_queued,
                                   self.cache.hit_rate)
         return True
+
+    def _decode_overdue(self, now: float) -> bool:
+        """Running streams have waited longer than ``max_decode_gap_s`` (a prefill ran since their last
+        decode step): decode before the next prefill."""
+        gap = self.limits.max_decode_gap_s
+        if gap <= 0 or not self.running:
+            return False
+        # only after a prefill: a decode step always lets the next prefill in, whatever the bound
+        overdue = self._extended_since_decode and now - self._last_decode_t > gap
+        if overdue:
+            self.decode_gap_steps += 1
+        return overdue
 
     # ------------------------------------------------------------------ memory helpers
     def _alloc_slots(self, n: int) -> Optional[torch.Tensor]:

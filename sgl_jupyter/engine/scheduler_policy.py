@@ -22,6 +22,10 @@ class SchedulerLimits:
     chunked_prefill_size: int
     max_prefill_tokens: int
     schedule_policy: str = "lpm"
+    # a running stream waits at most this long between decode steps while prefills are admitted (0: no
+    # bound, prefill first): otherwise a burst of admissions runs its prefills back to back and every
+    # running stream stalls for all of them
+    max_decode_gap_s: float = 0.0
 
 
 
@@ -31,10 +35,15 @@ def decode_reserve(req: "Req") -> int:
 
 
 def order_waiting(waiting: "list[Req]", cache: "PrefixCache", policy: str) -> "list[Req]":
-    """Waiting requests in admission order: longest cached prefix first ("lpm", while the queue is short
-    enough for the prefix matches to be cheap), else arrival order ("fcfs")."""
+    """Waiting requests in admission order. "lpm": longest cached prefix first while the queue is short
+    enough for the prefix matches to be cheap; beyond that (a whole data set submitted at once) the
+    requests with the most tokens left to generate first, so the longest outputs start early and do not
+    make a long tail of small decode batches at the end (longest-processing-time-first). "fcfs": arrival
+    order. Python's sort is stable: ties keep arrival order."""
     reqs = list(waiting)
     if policy == "lpm" and len(reqs) <= LPM_MAX_QUEUE:
         lens = {id(r): cache.match_prefix(r.fill_ids[:r.max_prefix_len]).length for r in reqs}
         reqs.sort(key=lambda r: -lens[id(r)])
+    elif policy == "lpm":
+        reqs.sort(key=lambda r: -r.remaining_new_tokens)
     return reqs

@@ -53,6 +53,8 @@ class EngineTimeline:
                 self._end_run(self._last[3], self._last[2])  # the engine was idle in between
             if not self._busy:
                 self._busy = True
+                if self._points:  # at rest until just now: the chart's lines rise here, not across the gap
+                    self._append(now - 0.001, 0.0, 0, 0, self._last[2], self._last[3])
                 self._mark_t, self._mark_tokens = now, generated_total
                 self._append(now, 0.0, running, queued, hit_rate, generated_total)
             elif now - self._mark_t >= self.interval:
@@ -89,6 +91,11 @@ class EngineTimeline:
         """Every point kept, oldest first, as dicts (the ThroughputChart's `points` plus `generated`)."""
         with self._lock:
             return [asdict(p) for p in self._points]
+
+    def last(self) -> Optional[dict]:
+        """The newest point (None before the first step), without copying the rest."""
+        with self._lock:
+            return asdict(self._points[-1]) if self._points else None
 
     def __len__(self) -> int:
         return len(self._points)

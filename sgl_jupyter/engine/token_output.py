@@ -45,14 +45,17 @@ class TokenOutput:
             apply_penalties(logits, rows)
         grammar_rows = [i for i, r in enumerate(reqs) if r.grammar is not None and i not in failed]
         if grammar_rows:
-            from .constrained import allocate_token_bitmask, apply_token_bitmask
+            from .constrained import allocate_token_bitmask, apply_token_bitmask, fill_bitmasks
 
             bitmask = allocate_token_bitmask(len(reqs), logits.shape[-1])
-            for i in grammar_rows:
-                try:
-                    reqs[i].grammar.fill_bitmask(bitmask, i)
-                except Exception as e:  # noqa: BLE001
-                    failed[i] = e
+            try:  # all rows at once, on threads, while the GPU still runs this step's forward
+                fill_bitmasks([reqs[i].grammar for i in grammar_rows], bitmask, grammar_rows)
+            except Exception:  # noqa: BLE001 - row by row, so that only the failing request fails
+                for i in grammar_rows:
+                    try:
+                        reqs[i].grammar.fill_bitmask(bitmask, i)
+                    except Exception as e:  # noqa: BLE001
+                        failed[i] = e
             apply_token_bitmask(logits, bitmask.to(logits.device), [i for i in grammar_rows if i not in failed])
         next_ids = self._sample_rows(logits, rows, failed)
         lp_vals = top = None

@@ -228,6 +228,21 @@ class TokenStreamFeed:
 
 
 # ---------------------------------------------------------------------------------------------- RadixTreeView
+def _clean_preview(text: str) -> str:
+    """A node's text preview without the U+FFFD halves of characters its token boundaries cut (a node, or its
+    preview's first tokens, can end inside a multi-byte character: "28岁" shown as "28\ufffd")."""
+    more = text.endswith("\u2026")
+    body = text[:-1] if more else text
+    return body.strip("\ufffd") + ("\u2026" if more else "")
+
+
+def readable_snapshot(snapshot: dict) -> dict:
+    """`engine.cache_snapshot()` with every node's text preview cleaned (`_clean_preview`)."""
+    nodes = [{**n, "text": _clean_preview(n.get("text", ""))} if "\ufffd" in n.get("text", "") else n
+             for n in snapshot.get("nodes", [])]
+    return {**snapshot, "nodes": nodes}
+
+
 class RadixTreeFeed:
     """Keeps a `RadixTreeView` equal to `engine.cache_snapshot()`, re-read at most every `interval` s after
     the tree may have changed (a prefill, a finished request, a cache event)."""
@@ -263,7 +278,7 @@ class RadixTreeFeed:
         with self._lock:
             self._dirty = False
             self.limit.mark()
-            snap = self.engine.cache_snapshot(max(self.widget.max_nodes, 1) + 1)  # + the root
+            snap = readable_snapshot(self.engine.cache_snapshot(max(self.widget.max_nodes, 1) + 1))  # + the root
             hits = {n["id"]: n.get("hits", 0) for n in snap.get("nodes", [])}
             hot = [i for i, h in hits.items() if i > 0 and h > self._hits.get(i, 0)]
             self._hits = hits
@@ -291,10 +306,14 @@ def engine_totals(engine: Any) -> tuple[int, float]:
 
 def timeline_points(engine: Any, force_idle: bool = False) -> list[dict]:
     """The engine's step history since load (engine/timeline.py), its busy run ended if the engine went idle
-    (or `force_idle`: the caller knows nothing runs), so the last point carries the counters read now."""
+    (`force_idle`: at once if no request is waiting or running), so the last point carries the counters now."""
+    if force_idle:  # a request that just returned its output may still be leaving the batch: wait for that
+        deadline = time.monotonic() + 0.2
+        while engine.scheduler.has_work and time.monotonic() < deadline:
+            time.sleep(0.005)
     generated, hit_rate = engine_totals(engine)
     timeline = engine.timeline
-    if force_idle:
+    if force_idle and not engine.scheduler.has_work:
         timeline.close_idle(generated, hit_rate, now=float("inf"))
     else:
         timeline.close_idle(generated, hit_rate)

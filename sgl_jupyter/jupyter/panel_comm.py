@@ -47,6 +47,13 @@ def panel_stats(session: Any) -> dict:
         "cache_hit_rate": float(info.get("cache_hit_rate", 0.0) or 0.0),
         "tokens_per_s": round(float(info.get("token_throughput", 0.0) or 0.0), 3),
     })
+    engine = session.engine
+    if engine is not None:  # the same tokens/s as %sgl_stats' chart: the timeline's newest point (0 once idle)
+        from .feeds import engine_totals
+
+        engine.timeline.close_idle(*engine_totals(engine))
+        last = engine.timeline.last()
+        stats["tokens_per_s"] = last["tokens_per_s"] if last else 0.0
     return stats
 
 
@@ -132,7 +139,9 @@ class PanelComm:
             if self.session.engine is None:
                 comm.send({"type": "tree", "data": None, "error": "no in-process engine: run %sgl_load"})
             else:
-                comm.send({"type": "tree", "data": self.session.engine.cache_snapshot()})
+                from .feeds import readable_snapshot
+
+                comm.send({"type": "tree", "data": readable_snapshot(self.session.engine.cache_snapshot())})
         else:
             comm.send({"type": "error", "data": {"message": f"unknown panel message type {kind!r}; expected "
                                                             "refresh, flush or tree"}})

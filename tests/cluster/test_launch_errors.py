@@ -10,9 +10,11 @@ import pytest
 pytestmark = pytest.mark.cluster
 
 
-def _launch(*args: str, prelude: str = "", timeout: float = 120) -> subprocess.CompletedProcess:
-    code = (f"{prelude}\nimport sys\nfrom sgl_jupyter.server.launch import main\n"
-            f"sys.exit(main({list(args)!r}))")
+def _launch(*args: str, prelude: str = "", timeout: float = 120, cli: bool = False) -> subprocess.CompletedProcess:
+    """``launch_server ARGS`` (or ``sgl-jupyter serve ARGS`` with ``cli``) in a fresh interpreter."""
+    entry = ("from sgl_jupyter.cli import main\nargv = ['serve', *ARGS]" if cli else
+             "from sgl_jupyter.server.launch import main\nargv = ARGS")
+    code = f"{prelude}\nimport sys\nARGS = {list(args)!r}\n{entry}\nsys.exit(main(argv))"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
 
 
@@ -26,8 +28,9 @@ def test_without_ray_the_error_says_what_to_install():
 def test_bad_cluster_flags_are_argparse_errors():
     res = _launch("--dp-size", "0")
     assert res.returncode == 2 and "--dp-size/--replicas: must be at least 1" in res.stderr
-    res = _launch("--dp-size", "2", "--router-policy", "random")
-    assert res.returncode == 2 and "--router-policy" in res.stderr and "cache-aware" in res.stderr
+    res = _launch("--replicas", "2", "--router-policy", "random", cli=True)
+    assert res.returncode == 2 and "sgl-jupyter serve" in res.stderr and "--router-policy" in res.stderr
+    assert "cache-aware" in res.stderr
 
 
 def test_a_taken_port_fails_before_ray_starts():

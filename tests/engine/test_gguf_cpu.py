@@ -146,3 +146,23 @@ def test_gguf_on_a_model_without_a_gguf_is_a_clear_error(tmp_path, model_path):
     with pytest.raises(ModelLoadError, match="needs the GGUF the model came from"):
         Engine(str(tmp_path), device="cpu", quantization="gguf", load_format="dummy",
                tokenizer_path=model_path, max_total_tokens=256)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0"])
+def test_every_supported_type_against_the_gguf_reference(type_name):
+    """Each block type the kernel takes, quantized by the ``gguf`` package (llama.cpp's reference code):
+    our dequantization equals theirs, and both layouts of the matmul stay within tolerance of fp32."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    qtype = GGMLQuantizationType[type_name]
+    w = np.random.default_rng(1).standard_normal((24, 96)).astype(np.float32)
+    packed = torch.from_numpy(quants.quantize(w, qtype))
+    type_id = kernel.TYPES[type_name]
+    deq = kernel.dequantize(type_id, packed, 24, 96)
+    assert torch.equal(deq, torch.from_numpy(quants.dequantize(packed.numpy(), qtype)))
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(2))
+    ref = x @ deq.T
+    for t, data in [(type_id, packed), kernel.interleave(type_id, packed, 24, 96)]:
+        y = kernel.linear(t, data, 24, 96, x)
+        assert ((y - ref).norm() / ref.norm()).item() < LINEAR_REL_TOL

@@ -291,6 +291,14 @@ async function quickstartScenario() {
       result.outputs[i] = await outputText(i);
     }
   }
+  // how the %%sgl transcript (final text) and the token stream wrap: at spaces, not inside words
+  result.wrapStyles = await page.evaluate(() =>
+    ['.sgl-final-text', '.sgl-token-stream .sgl-text'].map(sel => {
+      const el = document.querySelector(sel);
+      const st = el ? getComputedStyle(el) : null;
+      return { sel, found: !!el, wordBreak: st?.wordBreak, overflowWrap: st?.overflowWrap, whiteSpace: st?.whiteSpace };
+    })
+  );
   result.dirtyAfterRun = await page.locator('.lm-TabBar-tab.jp-mod-dirty').count(); // outputs changed: dirty now
   result.stderrOutputs = await page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').count();
   // the last chart (%sgl_stats) and the DataFrame beside it

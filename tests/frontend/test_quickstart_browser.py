@@ -26,10 +26,10 @@ PROMISED = {  # what the quickstart's text says the embedded model answers (gree
     'select("sentiment"': ["positive"],
     "geography teacher": ["The capital of Japan is Tokyo.", "Berlin is the capital city of Germany."],
 }
-LOG_WARNINGS = ("without encryption", "websocket_ping_timeout", "is not trusted")
 
 
 def test_quickstart_run_all_in_jupyterlab(lab, chromium):
+    log_start = len(lab.log_text())  # the lab is shared: other tests' untrusted notebooks logged before us
     path = lab.root / "quickstart.ipynb"
     shutil.copy(NOTEBOOKS / "quickstart.ipynb", path)
     trust_notebooks([path], data_dir=str(lab.home / "data"))  # as start.sh does for the user's data dir
@@ -54,6 +54,9 @@ def test_quickstart_run_all_in_jupyterlab(lab, chromium):
     # no warning or traceback in any output; every code cell produced what it should
     outputs = {int(i): text for i, text in r["outputs"].items()}
     assert r["stderrOutputs"] == 0
+    for style in r["wrapStyles"]:  # the %%sgl transcript and token stream wrap at spaces, never inside a word
+        assert style["found"] and style["wordBreak"] == "normal" and style["overflowWrap"] == "break-word", style
+        assert style["whiteSpace"] == "pre-wrap", style
     for i, text in outputs.items():
         assert not re.search(r"Warning|Traceback|Error", text), (sources[i], text)
     for snippet, answers in PROMISED.items():
@@ -75,5 +78,6 @@ def test_quickstart_run_all_in_jupyterlab(lab, chromium):
     assert abs(hit - 100 * float(table["cache hit rate"])) < 0.06, (chart, table)
 
     log = lab.log_text()
-    for warning in LOG_WARNINGS:
+    for warning in ("without encryption", "websocket_ping_timeout"):  # server-wide (and logged once): all of it
         assert warning not in log, (warning, log[-3000:])
+    assert "is not trusted" not in log[log_start:], log[log_start:][-3000:]  # our notebook, signed as start.sh does

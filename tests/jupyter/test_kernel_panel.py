@@ -5,7 +5,10 @@ the kernel opens at ``%load_ext`` reports the loaded model and live tokens/s whi
 other (Run All) are still running."""
 from __future__ import annotations
 
+import contextlib
+import json
 import queue
+import sys
 import time
 from pathlib import Path
 
@@ -19,9 +22,8 @@ TARGET = "sgl_jupyter.panel"
 GEN_CELL = '%%sgl --temperature 0 --max-tokens 48\ns += "Count to twenty: 1, 2," + gen("n", ignore_eos=True)'
 
 
-@pytest.fixture(scope="module")
-def root_kernel():
-    km = KernelManager(kernel_name="python3")
+@contextlib.contextmanager
+def _kernel_at_root(km: KernelManager):
     km.start_kernel(cwd=str(ROOT))
     kc = km.client()
     kc.start_channels()
@@ -31,6 +33,12 @@ def root_kernel():
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def root_kernel():
+    with _kernel_at_root(KernelManager(kernel_name="python3")) as kc:
+        yield kc
 
 
 def _run_all(kc, cells: list[str], timeout: float = 600.0) -> tuple[list[dict], dict[str, str]]:
@@ -86,3 +94,34 @@ def test_kernel_at_the_repo_root_loads_the_model_and_the_panel_is_live_during_ru
     assert live, [(m["_cell"], m["content"]["data"]["data"]) for m in pushed]  # while the %%sgl cell ran
     times = [m["header"]["date"].timestamp() for m in pushed]  # when the kernel sent them
     assert all(b - a >= 0.45 for a, b in zip(times, times[1:])), times  # at most ~2 pushes a second
+
+
+def test_kernel_at_the_repo_root_without_hf_kernels_loads_the_model(tmp_path):
+    """The same kernel on an environment without Hugging Face's `kernels` package (tests/test_repo_root.py's
+    filtered site-packages: `python -S` and links to everything else), so the repository's `kernels/` folder is
+    the only top-level `kernels` there is."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from tests.test_repo_root import _site_without_hf_kernels
+
+    dirs = _site_without_hf_kernels(tmp_path)
+    prelude = "import site, sys\n" + "".join(f"site.addsitedir({str(d)!r})\n" for d in dirs)
+    code = prelude + "from ipykernel import kernelapp\nkernelapp.launch_new_instance()"
+    spec_dir = tmp_path / "kernels" / "no-hf-kernels"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-S", "-c", code, "-f", "{connection_file}"],
+        "display_name": "no HF kernels", "language": "python"}))
+    km = KernelManager(kernel_name="no-hf-kernels",
+                       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]))
+    with _kernel_at_root(km) as kc:
+        cells = ["import importlib.metadata as md\ntry:\n    print('hf-kernels', md.version('kernels'))\n"
+                 "except md.PackageNotFoundError:\n    print('hf-kernels none')",
+                 f"%load_ext {ext_name()}", "%sgl_load --max-total-tokens 2048",
+                 '%%sgl --temperature 0\ns += "The capital of France is" + gen("city", max_tokens=4)',
+                 "print('city', repr(_sgl['city']))"]
+        msgs, _ = _run_all(kc, cells)
+    assert not _errors(msgs), _errors(msgs)
+    printed = "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream")
+    assert "hf-kernels none" in printed  # really without Hugging Face's package
+    assert "city ' Paris" in printed, printed

@@ -17,12 +17,14 @@ def test_busy_runs_are_sampled_and_separated_by_idle_points():
     assert pts[1]["tokens_per_s"] == pytest.approx(200.0) and pts[2]["generated"] == 110
     tl.on_step(120, running=1, queued=0, hit_rate=0.6, now=105.0)  # after 4.5 s idle
     pts = tl.points()
-    assert [(p["t"], p["tokens_per_s"], p["running"]) for p in pts[3:]] == [(0.75, 0.0, 0), (5.0, 0.0, 1)]
-    assert pts[3]["generated"] == 110 and pts[4]["generated"] == 120  # the idle point keeps the old total
+    assert [(p["t"], p["tokens_per_s"], p["running"]) for p in pts[3:]] == \
+           [(0.75, 0.0, 0), (4.999, 0.0, 0), (5.0, 0.0, 1)]  # at rest from 0.75 s until the step at 5 s
+    assert [p["generated"] for p in pts[3:]] == [110, 110, 120]  # the idle points keep the old total
 
 
 def test_close_idle_ends_the_run_with_the_totals_read_now():
     tl = EngineTimeline(interval=0.25, t0=0.0)
+    assert tl.last() is None
     tl.on_step(5, 1, 0, 0.0, now=1.0)
     tl.on_step(8, 1, 0, 0.0, now=1.1)
     tl.close_idle(8, 0.25, now=1.2)  # not idle long enough: nothing
@@ -31,6 +33,7 @@ def test_close_idle_ends_the_run_with_the_totals_read_now():
     pts = tl.points()
     assert [(p["t"], p["tokens_per_s"], p["generated"], p["hit_rate"]) for p in pts] == \
            [(1.0, 0.0, 5, 0.0), (1.1, 30.0, 8, 0.25), (1.35, 0.0, 8, 0.25)]
+    assert tl.last() == pts[-1]
     version = tl.version
     tl.close_idle(8, 0.25, now=3.0)  # already ended
     assert tl.version == version

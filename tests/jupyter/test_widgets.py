@@ -19,7 +19,28 @@ def _nodes(tree: dict) -> list[tuple]:
 
 
 def _snapshot(view, engine) -> dict:
-    return engine.cache_snapshot(view.max_nodes + 1)
+    from sgl_jupyter.jupyter.feeds import readable_snapshot
+
+    return readable_snapshot(engine.cache_snapshot(view.max_nodes + 1))
+
+
+def test_tree_previews_drop_the_halves_of_cut_characters(ip, kernel_engine):
+    from sgl_jupyter.jupyter.feeds import readable_snapshot
+
+    snap = {"nodes": [{"id": 1, "text": "资料:Alice,28\ufffd\u2026"}, {"id": 2, "text": "\ufffd\ufffd{\"name\""},
+                      {"id": 3, "text": "plain"}], "version": 7}
+    assert [n["text"] for n in readable_snapshot(snap)["nodes"]] == ["资料:Alice,28\u2026", '{"name"', "plain"]
+    assert readable_snapshot(snap)["version"] == 7
+    # the quickstart's prompt: its node's preview cuts "岁" in two in the engine's own snapshot
+    kernel_engine.generate("请根据以下信息生成用户资料:Alice,28岁。请根据以下信息生成用户资料:Bob,35岁。",
+                           {"max_new_tokens": 1})
+    ip.run_line_magic("sgl_cache", "")
+    view = ip.user_ns["_sgl_cache"]
+    try:
+        assert not [n["text"] for n in view.tree["nodes"] if "\ufffd" in n["text"]]
+        assert any("Alice,28" in n["text"] for n in view.tree["nodes"])
+    finally:
+        view.close()
 
 
 def _in_sync(view, engine) -> bool:

@@ -88,7 +88,8 @@ def test_quickstart_shows_the_answers_its_text_promises(headless):
     nb = _notebook(headless, "quickstart")
     text = "\n".join("".join(c.source) for c in nb.cells if c.cell_type == "markdown")
     for promised in ("The capital of France is Paris.", '{"name": "Alice", "age": 28}', "*positive*",
-                     "The capital of Japan is Tokyo.", "Berlin is the capital city of Germany.", "red, blue and yellow"):
+                     "The capital of Japan is Tokyo.", "Berlin is the capital city of Germany.",
+                     "red, blue and yellow"):
         assert promised in text, promised
     assert "The capital of France is Paris." in _text(_cell(nb, 'print(_sgl["answer"])'))
     colors = _text(_cell(nb, "three primary colors")).lower()
