@@ -73,6 +73,8 @@ def main() -> None:
     entries = []
     for n, k in SHAPES:
         for elem, label in ((2, "bf16"), (1, "fp8")):
+            if elem == 1 and n == SHAPES[-1][0]:
+                continue  # the LM head stays in bf16 under --quantization fp8
             if time.monotonic() > deadline:
                 res.setdefault("skipped", []).append(f"{label} {n}x{k}")
                 continue
