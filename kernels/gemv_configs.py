@@ -58,10 +58,12 @@ def device_info(index: Optional[int]) -> DeviceInfo:
 
 
 def heuristic(n: int, k: int, elem_bytes: int, sm_count: int) -> GemvConfig:
-    """Whole rows per program with a 2 KiB-per-row load (1024 bf16 or 2048 fp8 elements); split K in powers
-    of two while the programs are fewer than ``PROGRAMS_PER_SM`` per multiprocessor and each split keeps at
-    least two loads per row."""
-    block_n, block_k = 8, max(16, 2048 // elem_bytes)
+    """Whole rows per program, 1024 elements of each row per load (bf16: 2 KiB; fp8: 1 KiB, since a 2048-wide
+    fp8 tile takes 176 registers a thread at 8 warps, one program per multiprocessor, against 80: ptxas -v for
+    sm_90); split K in powers of two while the programs are fewer than ``PROGRAMS_PER_SM`` per multiprocessor
+    and each split keeps at least two loads per row."""
+    del elem_bytes  # the register tile is in elements, whatever the weight's width
+    block_n, block_k = 8, 1024
     block_k = min(block_k, max(16, 1 << (max(k, 1) - 1).bit_length()))
     programs, split = -(-n // block_n), 1
     while programs * split < PROGRAMS_PER_SM * sm_count and k // (2 * split) >= 2 * block_k:

@@ -73,6 +73,8 @@ def main() -> None:
     entries = []
     for n, k in SHAPES:
         for elem, label in ((2, "bf16"), (1, "fp8")):
+            if elem == 1 and n == SHAPES[-1][0]:
+                continue  # the LM head stays in bf16 under --quantization fp8
             if time.monotonic() > deadline:
                 res.setdefault("skipped", []).append(f"{label} {n}x{k}")
                 continue
@@ -98,7 +100,7 @@ def main() -> None:
             best = max(ok, key=lambda r: r["TBps"])
             table_cfg = config_for(n, k, elem, 0)
             current = time_config(x, ws, scales, table_cfg)
-            old = time_config(x, ws, scales, GemvConfig(8, 1024 if elem == 2 else 2048, 1, 8))
+            old = time_config(x, ws, scales, GemvConfig(8, 1024, 1, 8))
             res["shapes"].append({"dtype": label, "n": n, "k": k, "best": best, "table": table_cfg.__dict__,
                                   "table_TBps": nbytes / current / 1e12, "old_fixed_TBps": nbytes / old / 1e12,
                                   "all": rows})

@@ -6,7 +6,7 @@ Why both: perplexity averages small logit errors; greedy agreement shows whether
 user notices first. For ``fp8`` a third row keeps every batch weight-only (``act_quant_min_tokens`` raised),
 separating the weight rounding from the per-token activation rounding of the large-batch path (the ~1.8k
 prompt tokens are one such batch). On CPU, where fp8 cannot run, the quantized rows use the method's
-dequantizing reference (the same rounded weights, float32 math): an estimate of the weights' share only.
+reference (the same rounded weights and, from ``act_quant_min_tokens`` rows, rounded activations; float32 math).
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def run(cfg: AccuracyConfig, progress: bool = False) -> pd.DataFrame:
     from .passage import TEXT
 
     variants = [("dense", None, False), (cfg.quantization, cfg.quantization, False)]
-    if cfg.quantization == "fp8" and _cuda() and cfg.device != "cpu":
+    if cfg.quantization == "fp8":
         variants.append(("fp8 (weight-only)", "fp8", True))
     rows, dense = [], None
     for label, quant, weight_only in variants:

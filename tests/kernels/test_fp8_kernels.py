@@ -55,7 +55,7 @@ def test_fp8_gemv_refuses_weights_without_scale(interp_device):
         gemv.gemv_triton(torch.randn(1, 32, device=interp_device), q)
 
 
-@pytest.mark.parametrize("m,n,k,bias", [(3, 40, 96, True), (17, 70, 130, False)])
+@pytest.mark.parametrize("m,n,k,bias", [(3, 40, 96, True), (17, 70, 130, False), (40, 24, 64, True)])
 def test_w8a16_matmul_matches_dequantized_reference(interp_device, m, n, k, bias):
     _, q, s = _weights(n, k, interp_device, seed=m)
     x = torch.randn(m, k).to(interp_device, _act_dtype(interp_device))

@@ -93,6 +93,18 @@ def test_dense_weights_quantized_at_load_and_dispatched_by_rows(tmp_path):
     assert after.shape == before.shape and 0 < (after - before).norm() / before.norm() < 0.05
 
 
+def test_reference_rounds_activations_per_token_from_the_threshold():
+    layer = torch.nn.Module()
+    layer.weight, layer.weight_scale = k.quantize_weight(torch.randn(24, 40))
+    method, x = Fp8LinearMethod(), torch.randn(6, 40) * torch.logspace(-2, 2, 6)[:, None]
+    w = k.dequantize_weight(layer.weight, layer.weight_scale, torch.float32)
+    assert torch.equal(method.apply(layer, x, None), x @ w.t())  # fewer rows: activations as they are
+    method.act_quant_min_tokens = 6
+    xq, xs = k.quantize_rows_ref(x)
+    y = method.apply(layer, x, None)
+    assert torch.equal(y, (xq.float() * xs) @ w.t()) and not torch.equal(y, x @ w.t())
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_fp8_checkpoint_loads_its_bytes_and_scales(tmp_path, per_channel):
     sd = _dense_state(1)
