@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 from sgl_jupyter.bench.latency import cuda_time_ms as cuda_time
+from sgl_jupyter.engine.quantization import linear_layers
+from sgl_jupyter.kernels import gemv
 
 
 def main() -> None:
@@ -18,14 +20,18 @@ def main() -> None:
     ap.add_argument("--model", default="llama3-8b")
     ap.add_argument("--ctx", type=int, default=192)
     ap.add_argument("--out", default="artifacts/gpu")
+    ap.add_argument("--tokenizer-path", default=None, help="tokenizer directory (the shipped configs have none; "
+                                                          "default: the embedded model's)")
+    ap.add_argument("--quantization", default=None, help="e.g. fp8: profile the quantized decode step")
     a = ap.parse_args()
     from sgl_jupyter import Engine
     from sgl_jupyter.bench.latency import copy_bandwidth, resolve_model_path, weight_bytes
     from sgl_jupyter.engine.forward_batch import ForwardBatch, ForwardMode
 
     eng = Engine(resolve_model_path(a.model), load_format="dummy", device="cuda", max_total_tokens=8192,
-                 max_running_requests=8, cuda_graph_max_bs=8)
-    res: dict = {"model": a.model}
+                 max_running_requests=8, cuda_graph_max_bs=8, tokenizer_path=a.tokenizer_path,
+                 quantization=a.quantization)
+    res: dict = {"model": a.model, "quantization": a.quantization}
     try:
         runner = eng.runner
         row = eng.req_pool.alloc()
@@ -48,13 +54,15 @@ def main() -> None:
             wall_step()
         res["build+replay+argmax+sync_ms"] = (time.perf_counter() - t0) / 50 * 1e3
         model = eng.loaded.model
-        mats = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n] + [model.lm_head_weight]
+        mods = [m for _, m in linear_layers(model)]  # the layers' own path (Triton GEMV, fp8 when quantized)
+        mats = [m.weight for m in mods] + [model.lm_head_weight]
         x = torch.randn(1, model.config.hidden_size, device="cuda", dtype=eng.loaded.dtype)
-        xs = {w.shape[1]: torch.randn(1, w.shape[1], device="cuda", dtype=w.dtype) for w in mats}
+        xs = {w.shape[1]: torch.randn(1, w.shape[1], device="cuda", dtype=eng.loaded.dtype) for w in mats}
 
         def gemvs():
-            for w in mats:
-                torch.nn.functional.linear(xs[w.shape[1]], w)
+            for m in mods:
+                m(xs[m.weight.shape[1]])
+            gemv.linear(xs[model.lm_head_weight.shape[1]], model.lm_head_weight)
 
         g = torch.cuda.CUDAGraph()
         gemvs()
@@ -64,7 +72,8 @@ def main() -> None:
         res["gemvs_only_graph_ms"] = cuda_time(g.replay)
         shapes = {}
         for w in mats:
-            shapes.setdefault(tuple(w.shape), w)
+            if w.element_size() > 1:  # cuBLAS peers for the dense weights
+                shapes.setdefault(tuple(w.shape), w)
         for lib in ("cublaslt", "cublas"):
             torch.backends.cuda.preferred_blas_library(lib)
             for shape, w in shapes.items():

@@ -3,7 +3,13 @@
 #   bash scripts/gpu_run.sh [STAGE ...]       default stages: tests latency offline multiturn
 # Stages: tests (kernel-tests + engine-tests), latency, latency-static (adds the HF static-cache +
 # torch.compile peer, minutes of compile), offline, multiturn, anatomy (where the offline run's time goes),
-# stash (only keep carried model parts).
+# serve-tests (device sampling in graphs, seeded reproducibility, bf16 HF tolerance), sharegpt (1,000
+# ShareGPT-like requests greedy/sampled, HF generate_batch subset, JSON 256 vs free), serving (the same through
+# the HTTP server at Poisson rates $RATES),
+# stash (only keep carried model parts). FP8 (issue 18): fp8-tests (kernels + engine, tests/gpu),
+# gemv-tune (tilings per shape -> kernels/gemv_configs.py entries; TUNE_BUDGET_S), latency-fp8 (bf16 and fp8
+# engines + HF static/compiled, one run), latency-fp8-quick (HF generate peer only), offline-fp8,
+# profile-fp8, accuracy (embedded model fp8 vs bf16: needs the carried model parts).
 # Results (logs, JSON, tables) go to ${OUT:-artifacts/gpu}.
 #
 # What it needs beside torch/triton/transformers (a bare GPU box has no registry):
@@ -74,8 +80,27 @@ for stage in "${STAGES[@]}"; do
                --hf-batch-size 64 --hf-generate-batch ;;
     multiturn) bench multiturn multiturn --model-path sgl_jupyter/bench/configs/llama3_8b --load-format dummy \
                  --num-users 16 --system-tokens 2048 --user-tokens 128 --answer-tokens 32 ;;
+    serve-tests) PYTEST_K=${PYTEST_K:-"sampl or dummy"} gpu_pytest serve_tests tests/engine/test_gpu_sampling.py \
+                   tests/engine/test_gpu_engine.py ;;
+    sharegpt) bench sharegpt sharegpt --model-path llama3-8b --load-format dummy --num-requests 1000 \
+                --hf-subset "${HF_SUBSET:-32}" --json-requests 256 ;;
+    serving) bench serving serving --model-path llama3-8b --load-format dummy --num-requests 1000 \
+               --request-rates "${RATES:-40,inf}" ;;
     anatomy) python3 scripts/gpu_experiments.py offline_anatomy 2>&1 | tee "$OUT/anatomy.txt" ;;
-    profile) python3 scripts/gpu_decode_profile.py --out "$OUT" 2>&1 | tee "$OUT/profile.txt" ;;
+    profile) python3 scripts/gpu_decode_profile.py --out "$OUT" "${TOKARGS[@]}" 2>&1 | tee "$OUT/profile.txt" ;;
+    profile-fp8) python3 scripts/gpu_decode_profile.py --out "$OUT/fp8" --quantization fp8 "${TOKARGS[@]}" 2>&1 \
+             | tee "$OUT/profile_fp8.txt" ;;
+    fp8-tests) gpu_pytest fp8_tests tests/kernels/test_fp8_kernels.py tests/kernels/test_fp8_linear.py \
+             tests/kernels/test_gemv_kernel.py tests/gpu ;;
+    gemv-tune) python3 scripts/gpu_gemv_tune.py --out "$OUT" --budget-s "${TUNE_BUDGET_S:-240}" 2>&1 \
+             | tee "$OUT/gemv_tune.txt" ;;
+    latency-fp8) bench latency_fp8 latency --model-path llama3-8b --load-format dummy --quantization fp8 \
+             --peers hf_static ;;
+    latency-fp8-quick) bench latency_fp8 latency --model-path llama3-8b --load-format dummy --quantization fp8 \
+             --peers hf ;;
+    offline-fp8) bench offline_fp8 offline --model-path llama3-8b --load-format dummy --num-requests 512 \
+             --hf-batch-size 64 --quantization fp8 ;;
+    accuracy) bench accuracy accuracy --device cuda --dtype bfloat16 --quantization fp8 ;;
     kernels-check) [ -f scripts/gpu_kernels_check.py ] && python3 scripts/gpu_kernels_check.py --out "$OUT" 2>&1 \
              | tee "$OUT/kernels.log" ;;
     *) echo "unknown stage $stage" >&2; rc=2 ;;

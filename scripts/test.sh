@@ -2,7 +2,7 @@
 # Set up (idempotent) and run every test. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+EXTRAS=${EXTRAS:-dev,cluster} bash scripts/setup.sh  # cluster: ray[serve], so tests/cluster runs
 . .venv/bin/activate
 set +e
 python -m pytest "$@"

@@ -20,23 +20,49 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 # the order a reader follows (and the headless run executes)
 ORDER = ("quickstart", "radix_multiturn", "structured_output", "throughput", "serving")
-KERNEL_NAME = "sgl-jupyter"
+KERNEL_NAME = "python3"  # what the notebooks name: one Python kernel offered, not two
+LEGACY_KERNELS = ("sgl-jupyter",)  # a second spec earlier versions installed ("Python 3.11 (sgl_jupyter)")
 QUICK_ENV = "SGL_NOTEBOOK_QUICK"  # notebooks read it: "1" = the small CI sizes
+# Kernels get CurveZMQ keys from their manager (ipykernel >= 7 declares support in its spec), so none warns
+# "Kernel is running over TCP without encryption" and kernel traffic on localhost is not plain text.
+ENCRYPTION = "auto"
 
 
 def install_kernelspec() -> str:
-    """Register a kernel that runs this very Python (the project's virtualenv) in its prefix; returns its name.
-    The notebooks say ``python3``; the headless run and the tests name this one, so they can never pick up
-    another interpreter's ipykernel."""
-    spec_dir = Path(sys.prefix) / "share" / "jupyter" / "kernels" / KERNEL_NAME
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": f"Python {sys.version_info.major}.{sys.version_info.minor} (sgl_jupyter)",
-            "language": "python", "metadata": {"debugger": True}}
-    path = spec_dir / "kernel.json"
+    """Make ``python3`` (the kernel every notebook names) run this very Python (the project's virtualenv):
+    ipykernel's own spec with this interpreter's path instead of a bare ``python``, in this prefix, so
+    JupyterLab offers one Python kernel and neither it nor the headless run can start another interpreter's
+    ipykernel. Removes the second spec earlier versions installed. Returns the kernel name."""
+    import shutil
+
+    from ipykernel.kernelspec import get_kernel_dict
+
+    kernels = Path(sys.prefix) / "share" / "jupyter" / "kernels"
+    spec = {**get_kernel_dict(), "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (ipykernel)", "language": "python"}
+    path = kernels / KERNEL_NAME / "kernel.json"
     if not path.is_file() or json.loads(path.read_text()) != spec:
-        spec_dir.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(spec, indent=1))
+    for legacy in LEGACY_KERNELS:
+        shutil.rmtree(kernels / legacy, ignore_errors=True)
     return KERNEL_NAME
+
+
+def trust_notebooks(paths: Sequence[Path], data_dir: Optional[str] = None) -> None:
+    """Sign the project's notebooks (Jupyter's notebook trust, kept in `data_dir`: default the user's Jupyter
+    data dir), so opening one logs no "is not trusted"."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    notary = NotebookNotary(data_dir=data_dir) if data_dir else NotebookNotary()
+    for path in paths:
+        try:
+            nb = nbformat.read(path, as_version=4)
+            if not notary.check_signature(nb):
+                notary.sign(nb)
+        except Exception as e:  # noqa: BLE001 - trust is a courtesy; an unreadable notebook shows its own error
+            print(f"[start] could not mark {path.name} trusted: {e}", file=sys.stderr)
 
 
 def notebook_paths(directory: Path = NOTEBOOKS) -> list[Path]:
@@ -70,8 +96,11 @@ def execute_notebook(path: Path, out_dir: Path, kernel_name: str, timeout: int =
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(path, as_version=4)
+    from traitlets.config import Config
+
+    config = Config({"KernelManager": {"transport_encryption": ENCRYPTION}})
     client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, store_widget_state=True,
-                            coalesce_streams=True, resources={"metadata": {"path": str(path.parent)}})
+                            coalesce_streams=True, resources={"metadata": {"path": str(path.parent)}}, config=config)
     t0 = time.perf_counter()
     error: Optional[str] = None
     try:
@@ -111,6 +140,16 @@ def run_headless(paths: Sequence[Path], out_dir: Path, quick: bool = False, time
     return results
 
 
+def lab_flags() -> list[str]:
+    """JupyterLab settings of the main job (the browser tests start their JupyterLab with them too): CurveZMQ
+    kernel keys; and no websocket keep-alive pings: jupyter_server 2.x hands Tornado >= 6.5 its ping interval
+    and timeout in milliseconds where Tornado expects seconds (jupyter_server issue 1612), which logs "The
+    websocket_ping_timeout (90000) cannot be longer than the websocket_ping_interval (30000)" on every start.
+    A server on 127.0.0.1 has no proxy to keep a connection alive through; a closed tab still closes its socket."""
+    return [f"--MappingKernelManager.transport_encryption={ENCRYPTION}",
+            '--ServerApp.tornado_settings={"ws_ping_interval": 0}']
+
+
 def start_lab(port: int, open_browser: bool, notebook: Path) -> None:
     """Replace this process with JupyterLab serving the repository, opened on ``notebook``."""
     import secrets
@@ -118,9 +157,10 @@ def start_lab(port: int, open_browser: bool, notebook: Path) -> None:
     install_kernelspec()
     token = secrets.token_hex(24)
     rel = notebook.relative_to(ROOT)
+    trust_notebooks(notebook_paths())
     argv = [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
             "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT}",
-            str(rel)]
+            *lab_flags(), str(rel)]
     if not open_browser:
         argv.append("--no-browser")
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and CI run as root; Jupyter refuses without it

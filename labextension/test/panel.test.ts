@@ -43,9 +43,24 @@ class FakeKernel implements PanelKernel {
   comms: FakeComm[] = [];
   statusChanged = new Signal<any, any>(this);
   iopubMessage = new Signal<any, any>(this);
+  targets = new Map<string, (comm: any, msg: any) => void>();
   createComm(target: string): any {
     const comm = new FakeComm(target);
     this.comms.push(comm);
+    return comm;
+  }
+  registerCommTarget(target: string, callback: (comm: any, msg: any) => void) {
+    this.targets.set(target, callback);
+  }
+  removeCommTarget(target: string, callback: (comm: any, msg: any) => void) {
+    if (this.targets.get(target) === callback) {
+      this.targets.delete(target);
+    }
+  }
+  /** The kernel opens a comm to `target` (as `%load_ext sgl_jupyter` does), carrying `data`. */
+  kernelOpen(target: string, data: unknown): FakeComm {
+    const comm = new FakeComm(target);
+    this.targets.get(target)!(comm, { content: { comm_id: 'k1', target_name: target, data } });
     return comm;
   }
   idleAfter(msgType: string) {
@@ -101,6 +116,27 @@ describe('panel connection', () => {
     expect(model.state).toBe('connected');
     expect(model.stats.kv_total).toBe(4096);
     expect(conn.connected).toBe(true);
+  });
+
+  it('adopts the comm the kernel opens at %load_ext while its own comm_open is still queued', () => {
+    const { model, conn, kernel } = following('nb.ipynb');
+    const ours = kernel.comms[0]; // Run All: the kernel handles this only after the last cell
+    expect(kernel.targets.has(TARGET)).toBe(true);
+    const theirs = kernel.kernelOpen(TARGET, { type: 'stats', data: { ...STATS, loaded: false, model: '' } });
+    expect(ours.closed).toBe(true);
+    expect(model.state).toBe('connected');
+    expect(model.stats.loaded).toBe(false);
+    theirs.receive({ type: 'stats', data: STATS }); // pushed while %sgl_load's cell still runs
+    expect(model.stats.model).toBe(STATS.model);
+    ours.kernelClose(); // the stale comm's close changes nothing
+    expect(conn.connected).toBe(true);
+    expect(conn.flush()).toBe(true);
+    expect(theirs.sent).toEqual([{ type: 'flush' }]);
+    kernel.idleAfter('execute_request'); // connected: no new comm_open
+    expect(kernel.comms.length).toBe(1);
+    conn.setKernel(null);
+    expect(kernel.targets.has(TARGET)).toBe(false);
+    expect(theirs.closed).toBe(true);
   });
 
   it('retries after a cell finishes when the target was missing, not after its own comm_open', () => {

@@ -13,6 +13,7 @@ describe('throughput helpers', () => {
     expect(visiblePoints(pts, 10).map(p => p.t)).toEqual([95, 100]);
     expect(visiblePoints(pts, 1000).map(p => p.t)).toEqual([10, 50, 95, 100]);
     expect(visiblePoints([], 60)).toEqual([]);
+    expect(visiblePoints(pts, 0).map(p => p.t)).toEqual([10, 50, 95, 100]); // 0: all since load
   });
 
   it('rounds axis maxima up to a readable number', () => {
@@ -39,6 +40,10 @@ describe('ThroughputChart', () => {
     const lines = [...el.querySelectorAll('polyline')];
     expect(lines.length).toBe(4);
     expect(lines[0].getAttribute('points')!.split(' ').length).toBe(2);
+    expect(el.querySelector('.sgl-generated')!.textContent).toBe('');
+    model.kernelSet('points', [{ ...pt(0, 10), generated: 40 }, { ...pt(1, 0, 0, 0, 0.5), generated: 1234 }]);
+    await nextFrame();
+    expect(el.querySelector('.sgl-generated')!.textContent).toBe('1,234 tokens generated');
   });
 
   it('scales every value into its pane (no point leaves the plot)', () => {

@@ -23,10 +23,11 @@ def _module_cli(module: str):
 
 BENCHES = {"offline": _offline, "latency": _module_cli("latency"), "constrained": _module_cli("constrained"),
            "multiturn": _module_cli("multiturn"), "throughput": _module_cli("throughput"),
-           "structured": _module_cli("structured"), "serving": _module_cli("serving")}
+           "structured": _module_cli("structured"), "serving": _module_cli("serving"),
+           "sharegpt": _module_cli("sharegpt"), "accuracy": _module_cli("accuracy"), "router": _module_cli("router")}
 # benches whose rows are per request: print (and also save) their summary table instead
 SUMMARIES = {"multiturn": ("multiturn", "summary"), "throughput": ("throughput", "pivot"),
-             "structured": ("structured", "summary")}
+             "structured": ("structured", "summary"), "router": ("router", "summary")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--output-len", type=int, default=128)
     g.add_argument("--peers", default=None, help="latency: comma-separated HF peers: hf, hf_static")
     p.add_argument("--url", default=None, help="serving: the server's base URL")
+    g = p.add_argument_group("sharegpt / serving --request-rates (ShareGPT-like lengths)")
+    g.add_argument("--modes", default=None, help="sharegpt: comma-separated greedy,sampled")
+    g.add_argument("--hf-subset", type=int, default=0, help="sharegpt: requests of the HF generate_batch peer")
+    g.add_argument("--json-requests", type=int, default=0, help="sharegpt: JSON-schema batch size (0: skip)")
+    g.add_argument("--max-input", type=int, default=None, help="clip input lengths (small CPU runs)")
+    g.add_argument("--max-output", type=int, default=None, help="clip output lengths (small CPU runs)")
+    g.add_argument("--request-rates", default=None, help="serving: comma-separated Poisson rates (req/s; inf: all "
+                                                          "at once); starts an engine and its server in process")
     p.add_argument("--out", default="bench_results", help="directory for the JSON result")
     args = p.parse_args(argv)
     from .latency import resolve_model_path

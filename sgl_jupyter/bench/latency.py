@@ -136,7 +136,6 @@ def _engine_rows(cfg: LatencyConfig, model_path, ids_fn, kwargs: dict, label: st
             trials.append(_engine_trial(engine, ids, cfg.output_len))
             bar.update()
         info = {"attention": engine.attention_backend, "cuda_graphs": engine.runner.graphs is not None,
-                "quantization": kwargs.get("quantization"),
                 "cpu_fused_decode": getattr(engine.runner, "cpu_decode", None) is not None}
         return {"system": label, **_best(trials)}, {**info, **facts}
     finally:
@@ -147,8 +146,10 @@ def _engine_rows(cfg: LatencyConfig, model_path, ids_fn, kwargs: dict, label: st
 
 
 def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
-    """With ``quantization="gguf"`` on the CPU the table also has the fp32 engine and, when ``llama_cpp`` is
-    importable, llama.cpp on the same GGUF file (same prompt ids, same thread count)."""
+    """The dense engine first; with ``quantization`` in ``engine_kwargs`` the quantized engine beside it in the same
+    run (same prompt ids), and with ``quantization="gguf"`` on the CPU also llama.cpp on the same GGUF file when
+    ``llama_cpp`` is importable (same thread count). ``engine_vs``: the dense engine over each row;
+    ``quant_vs``: the quantized engine over each row."""
     from tqdm.auto import tqdm
 
     from . import llama_cpp_peer
@@ -156,20 +157,23 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
 
     model_path = resolve_model_path(cfg.model_path)
     kwargs = {"max_total_tokens": 16384, "max_running_requests": 8, **cfg.engine_kwargs}
-    gguf_cpu = kwargs.get("quantization") == "gguf"
-    peers = list(cfg.peers) + (["llama_cpp"] if gguf_cpu and llama_cpp_peer.available() else [])
+    quant = kwargs.pop("quantization", None)
+    peers = list(cfg.peers) + (["llama_cpp"] if quant == "gguf" and llama_cpp_peer.available() else [])
     g = torch.Generator().manual_seed(0)
     ids_fn = lambda eng: torch.randint(100, min(eng.vocab_size, 32000), (cfg.input_len,), generator=g).tolist()
-    steps = (2 if gguf_cpu else 1) * (cfg.trials + 1) + (len(peers) + ("llama_cpp" in peers)) * (cfg.trials + 1)
+    steps = (2 if quant else 1) * (cfg.trials + 1) + (len(peers) + ("llama_cpp" in peers)) * (cfg.trials + 1)
     bar = tqdm(total=steps, desc="latency", disable=not progress)
-    label = "sgl_jupyter engine" + (" (gguf packed)" if gguf_cpu else "")
-    row, info = _engine_rows(cfg, model_path, ids_fn, kwargs, label, bar)
+    row, info = _engine_rows(cfg, model_path, ids_fn, kwargs, "sgl_jupyter engine", bar)
     rows: list[dict] = [row]
     ids, model_path, wbytes = info.pop("ids"), info.pop("model_path"), info.pop("wbytes")
     device, dtype = info.pop("device"), info.pop("dtype")
-    if gguf_cpu:  # the same engine on the fp32 dequantized weights (the default)
-        dense = {k: v for k, v in kwargs.items() if k != "quantization"}
-        rows.append(_engine_rows(cfg, model_path, lambda eng: ids, dense, "sgl_jupyter engine (fp32)", bar)[0])
+    roofs: list[tuple[str, int]] = [("", wbytes)]  # (variant, weight bytes) per engine row, in row order
+    if quant:
+        qrow, qinfo = _engine_rows(cfg, model_path, lambda eng: ids, {**kwargs, "quantization": quant},
+                                   f"sgl_jupyter engine ({quant})", bar)
+        rows.append(qrow)
+        roofs.append((quant, qinfo["wbytes"]))
+        info["quantized_fused_decode"] = qinfo["cpu_fused_decode"]
     if "llama_cpp" in peers:
         from sgl_jupyter.engine.gguf_blocks import find_gguf_for
 
@@ -207,16 +211,20 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
     bar.close()
     if device.type == "cuda":
         bw = copy_bandwidth(device)
-        roof = bw / wbytes
-        rows.append({"system": f"roofline ({wbytes / 1e9:.2f} GB weights / {bw / 1e12:.2f} TB/s copy)",
-                     "ttft_ms": float("nan"), "tokens": cfg.output_len, "seconds": float("nan"),
-                     "decode_tok_per_s": roof})
+        for i, (variant, nbytes) in enumerate(roofs):  # engine rows come first, in the order of roofs
+            rows[i]["of_roofline"] = rows[i]["decode_tok_per_s"] * nbytes / bw
+            rows.append({"system": f"roofline{' ' + variant if variant else ''} ({nbytes / 1e9:.2f} GB weights / "
+                                   f"{bw / 1e12:.2f} TB/s copy)", "ttft_ms": float("nan"), "tokens": cfg.output_len,
+                         "seconds": float("nan"), "decode_tok_per_s": bw / nbytes})
     df = pd.DataFrame(rows)
     ours = df.loc[0, "decode_tok_per_s"]
-    df["engine_vs"] = ours / df["decode_tok_per_s"]  # engine's decode speed over this row's
+    df["engine_vs"] = ours / df["decode_tok_per_s"]  # the (dense) engine's decode speed over this row's
     df.attrs.update({"model": cfg.model_path, "dtype": str(dtype), "device": str(device), "weight_bytes": wbytes,
                      "input_len": cfg.input_len, "output_len": cfg.output_len, "threads": torch.get_num_threads(),
-                     **info})
+                     "quantization": quant, **info})
+    if quant:
+        df["quant_vs"] = df.loc[1, "decode_tok_per_s"] / df["decode_tok_per_s"]
+        df.attrs[f"{quant}_vs_dense"] = df.loc[1, "decode_tok_per_s"] / ours
     return df
 
 

@@ -121,7 +121,12 @@ def plot(df: pd.DataFrame, metrics: Optional[pd.DataFrame] = None):
 
 
 def run_cli(args) -> pd.DataFrame:
-    """Entry for ``python -m sgl_jupyter.bench serving --url URL``."""
+    """Entry for ``python -m sgl_jupyter.bench serving --url URL`` (closed loop against a running server), or
+    ``--request-rates R1,R2`` (Poisson arrivals, ShareGPT-like lengths, engine and server started here: online.py)."""
+    if getattr(args, "request_rates", None):
+        from .online import run_cli as online
+
+        return online(args)
     if not getattr(args, "url", None):
         raise SystemExit("serving needs --url of a running server (python -m sgl_jupyter.launch_server ...)")
     return load_test(args.url, num_requests=args.num_requests)

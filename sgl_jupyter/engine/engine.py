@@ -12,7 +12,6 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from concurrent.futures import Future
 from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
 
@@ -29,14 +28,17 @@ from .output import OutputBuilder
 from .prefix_cache import make_prefix_cache
 from .rank_setup import build_rank, kv_capacity
 from .request import Req
-from .sampling import SamplingParams
+from .request_factory import InputIds, Prompt, RequestFactory
 from .scheduler import Scheduler, SchedulerLimits
+from .server_info import server_info
+from .timeline import EngineTimeline
 
 logger = logging.getLogger(__name__)
 
-Prompt = Union[str, list[str], None]
-InputIds = Union[list[int], list[list[int]], None]
 
+# on CUDA a running stream waits at most this long for its next decode step while prefills are admitted
+# (issue 17: a burst of admissions stalled streams 3.6 s); one 8192-token prefill chunk fits well inside it
+DECODE_GAP_S = 0.1
 _POLL_S = 0.05  # caller-side wait granularity: lets Ctrl-C reach a notebook cell promptly
 
 
@@ -103,12 +105,14 @@ class Engine:
                                        max_running=self.max_running, max_context=self.max_context,
                                        chunked_prefill_size=self.args.prefill_chunk(self.device.type),
                                        max_prefill_tokens=self.args.max_prefill_tokens,
-                                       schedule_policy=self.args.schedule_policy),
+                                       schedule_policy=self.args.schedule_policy,
+                                       max_decode_gap_s=DECODE_GAP_S if self.device.type == "cuda" else 0.0),
                                    self.bus, OutputBuilder(self.tokenizer), generator)
         self.scheduler.enable_jump_forward = not self.args.disable_regex_jump_forward
+        self.timeline = self.scheduler.timeline = EngineTimeline()  # step history since load (%sgl_stats)
         self.scheduler.continuous_decode_steps = self.runner.continuous_decode_steps
-        self._grammar_backend = None
-        self._grammar_lock = threading.Lock()
+        self.requests = RequestFactory(self.tokenizer, self.vocab_size, self.max_context, self.device, self.eos_ids,
+                                       self.detokenizer, self.args.random_seed)
         self._inbox: queue.Queue = queue.Queue()
         self._live: dict[str, Req] = {}
         self._ids = itertools.count()
@@ -245,104 +249,6 @@ class Engine:
             return EngineDeadError("the engine has been shut down; create a new Engine (or %sgl_load again)")
         return EngineDeadError("the engine's scheduler thread has stopped")
 
-    # ------------------------------------------------------------------ request construction
-    def _normalize(self, prompt: Prompt, input_ids: InputIds, sampling_params,
-                   stream: bool = False) -> tuple[list[list[int]], list[SamplingParams], bool]:
-        if (prompt is None) == (input_ids is None):
-            raise InvalidRequestError("pass exactly one of prompt (text) and input_ids")
-        if prompt is not None:
-            single = isinstance(prompt, str)
-            texts = [prompt] if single else prompt
-            if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
-                raise InvalidRequestError("prompt must be a non-empty string or a non-empty list of strings")
-            # one batched call: a fast tokenizer encodes the list in parallel (512 prompts: 58 -> 31 ms here)
-            ids_list = [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-        else:
-            if not isinstance(input_ids, (list, tuple)) or not input_ids:
-                raise InvalidRequestError("input_ids must be a non-empty list of token ids or a list of such lists")
-            single = not isinstance(input_ids[0], (list, tuple))
-            ids_list = [list(input_ids)] if single else [list(x) for x in input_ids]
-        if isinstance(sampling_params, (list, tuple)):
-            if len(sampling_params) != len(ids_list):
-                raise InvalidRequestError(f"got {len(sampling_params)} sampling_params for {len(ids_list)} prompts")
-            params = [SamplingParams.from_dict(p) for p in sampling_params]
-        else:
-            p = SamplingParams.from_dict(sampling_params)
-            params = [p] * len(ids_list)
-        for i, ids in enumerate(ids_list):
-            if not ids:
-                raise InvalidRequestError("the prompt is empty: give at least one token of text")
-            if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.vocab_size for t in ids):
-                raise InvalidRequestError(f"input_ids must be integers in [0, {self.vocab_size})")
-            if len(ids) >= self.max_context:
-                raise InvalidRequestError(
-                    f"the prompt has {len(ids)} tokens but the context length is {self.max_context}: "
-                    "shorten the prompt (or raise --context-length / --max-total-tokens)")
-        if stream and (not single or params[0].n != 1):
-            raise InvalidRequestError("stream=True takes one prompt with n=1")
-        return ids_list, params, single
-
-    def _grammar(self, params: SamplingParams):
-        spec = params.grammar_spec
-        if spec is None:
-            return None, None
-        with self._grammar_lock:
-            if self._grammar_backend is None:
-                try:
-                    from .constrained import GrammarBackend
-                except ImportError as e:
-                    raise InvalidRequestError(f"constrained decoding is unavailable: {e}") from e
-                self._grammar_backend = GrammarBackend(self.tokenizer, self.vocab_size, eos_ids=sorted(self.eos_ids)) \
-                    if _accepts_eos_ids(GrammarBackend) else GrammarBackend(self.tokenizer, self.vocab_size)
-        backend = self._grammar_backend
-        return backend, backend.compile(*spec)
-
-    def _make_reqs(self, ids_list, params, rid, stream, sink_factory, return_logprob, logprob_start_len,
-                   top_logprobs_num, return_text_in_logprobs) -> list[Req]:
-        for name, x in (("return_logprob", return_logprob), ("logprob_start_len", logprob_start_len),
-                        ("top_logprobs_num", top_logprobs_num), ("rid", rid)):
-            if isinstance(x, (list, tuple)) and len(x) != len(ids_list):
-                raise InvalidRequestError(f"{name} has {len(x)} entries for {len(ids_list)} prompts")
-
-        def per(x, i):
-            return x[i] if isinstance(x, (list, tuple)) else x
-
-        reqs = []
-        base = rid if isinstance(rid, str) else None
-        compiled_cache: dict[int, tuple] = {}
-        for i, (ids, p) in enumerate(zip(ids_list, params)):
-            if id(p) not in compiled_cache:
-                compiled_cache[id(p)] = self._grammar(p)  # compiles here, off the engine thread
-            backend, compiled = compiled_cache[id(p)]
-            for j in range(p.n):
-                if isinstance(rid, (list, tuple)):
-                    r = str(rid[i])
-                else:
-                    r = base or uuid.uuid4().hex
-                    if len(ids_list) > 1:
-                        r = f"{r}#{i}"
-                if p.n > 1:
-                    r = f"{r}#{j}"
-                gen = None
-                if p.seed is not None:
-                    gen = torch.Generator(device=self.device).manual_seed(p.seed + j)
-                req = Req(rid=r, prompt_ids=ids, params=p, sink=sink_factory(),
-                          detok=self.detokenizer.new_state(ids, p.stop, p.skip_special_tokens,
-                                                           p.spaces_between_special_tokens, p.no_stop_trim),
-                          stream=stream, return_logprob=bool(per(return_logprob, i)),
-                          logprob_start_len=int(per(logprob_start_len, i)),
-                          top_logprobs_num=int(per(top_logprobs_num, i) or 0),
-                          return_text_in_logprobs=return_text_in_logprobs,
-                          grammar=backend.new_matcher(compiled) if compiled is not None else None,
-                          generator=gen)
-                if req.logprob_start_len >= len(ids):
-                    raise InvalidRequestError(
-                        f"logprob_start_len ({req.logprob_start_len}) must be < the prompt length ({len(ids)})")
-                if req.top_logprobs_num < 0 or req.top_logprobs_num > 100:
-                    raise InvalidRequestError("top_logprobs_num must be in [0, 100]")
-                reqs.append(req)
-        return reqs
-
     def _submit(self, reqs: list[Req]) -> None:
         self._check_alive()
         limit = self.args.max_queued_requests
@@ -351,6 +257,11 @@ class Engine:
                 f"the engine's queue is full ({limit} waiting requests): retry later or raise --max-queued-requests")
         self._inbox.put(("add", reqs))
 
+    @property
+    def _grammar_backend(self):
+        """The grammar backend once a constrained request has been made (tests inspect its cache)."""
+        return self.requests.grammar_backend
+
     # ------------------------------------------------------------------ public API
     def generate(self, prompt: Prompt = None, sampling_params: Union[dict, list, None] = None,
                  input_ids: InputIds = None, *, return_logprob: Union[bool, list] = False,
@@ -358,7 +269,7 @@ class Engine:
                  return_text_in_logprobs: bool = False, stream: bool = False, rid: Optional[str] = None):
         """Generate for one prompt (-> dict), a list (-> list of dicts, in order; n>1 expands each), or
         stream one prompt (-> iterator of chunks with ``text`` so far and ``delta``)."""
-        ids_list, params, single = self._normalize(prompt, input_ids, sampling_params, stream)
+        ids_list, params, single = self.requests.normalize(prompt, input_ids, sampling_params, stream)
         queues: list[queue.Queue] = []
 
         def sink_factory():
@@ -366,7 +277,7 @@ class Engine:
             queues.append(q)
             return q.put
 
-        reqs = self._make_reqs(ids_list, params, rid, stream, sink_factory, return_logprob, logprob_start_len,
+        reqs = self.requests.make_reqs(ids_list, params, rid, stream, sink_factory, return_logprob, logprob_start_len,
                                top_logprobs_num, return_text_in_logprobs)
         if stream:
             self._submit(reqs)
@@ -404,6 +315,8 @@ class Engine:
         try:
             while True:
                 chunk = self._get(q)
+                while not chunk["finished"] and not q.empty():  # the reader fell behind: one chunk for all
+                    chunk = _coalesce(chunk, q.get_nowait())
                 yield chunk
                 if chunk["finished"]:
                     return
@@ -418,7 +331,7 @@ class Engine:
                              rid: Optional[str] = None):
         """Like ``generate`` for asyncio callers; with ``stream=True`` returns an async iterator."""
         loop = asyncio.get_running_loop()
-        ids_list, params, single = await loop.run_in_executor(None, self._normalize, prompt, input_ids,
+        ids_list, params, single = await loop.run_in_executor(None, self.requests.normalize, prompt, input_ids,
                                                               sampling_params, stream)
         aqs: list[asyncio.Queue] = []
 
@@ -427,7 +340,7 @@ class Engine:
             aqs.append(aq)
             return lambda chunk: loop.call_soon_threadsafe(aq.put_nowait, chunk)
 
-        reqs = await loop.run_in_executor(None, self._make_reqs, ids_list, params, rid, stream, sink_factory,
+        reqs = await loop.run_in_executor(None, self.requests.make_reqs, ids_list, params, rid, stream, sink_factory,
                                           return_logprob, logprob_start_len, top_logprobs_num,
                                           return_text_in_logprobs)
         self._submit(reqs)
@@ -463,6 +376,8 @@ class Engine:
         try:
             while True:
                 chunk = await self._aget(aq)
+                while not chunk["finished"] and not aq.empty():  # the reader fell behind: one chunk for all
+                    chunk = _coalesce(chunk, aq.get_nowait())
                 yield chunk
                 if chunk["finished"]:
                     return
@@ -497,38 +412,8 @@ class Engine:
         return self.bus.subscribe(callback)
 
     def get_server_info(self) -> dict:
-        s, pool, cache = self.scheduler, self.kv_pool, self.cache
-        evictable, protected = cache.evictable_size, cache.protected_size
-        return {
-            "model_path": self.args.model_path,
-            "served_model_name": self.args.served_model_name or self.args.model_path,
-            "args": self.args.to_dict(),
-            "device": str(self.device),
-            "dtype": str(self.loaded.dtype).removeprefix("torch."),
-            "num_params": self.loaded.num_params,
-            "attention_backend": self.attention_backend,
-            "max_total_num_tokens": pool.size,
-            "max_context_length": self.max_context,
-            "max_running_requests": self.max_running,
-            "kv": {"total": pool.size, "free": pool.free_size, "evictable": evictable, "protected": protected,
-                   "used": pool.size - pool.free_size - evictable},
-            "num_running_reqs": s.num_running,
-            "num_queue_reqs": s.num_queued,
-            "cache": cache.stats(),
-            "cache_hit_rate": cache.hit_rate,
-            "radix_cache": not self.args.disable_radix_cache,
-            "token_throughput": s.tokens_per_s(),
-            "num_finished_reqs": s.num_finished,
-            "num_retracted_reqs": s.num_retracted,
-            "prompt_tokens_total": s.prompt_tokens_total,
-            "generation_tokens_total": s.generation_tokens_total,
-            "cached_tokens_total": s.cached_tokens_total,
-            "extend_tokens_total": s.extend_tokens_total,
-            "forward_calls": self.runner.forward_calls,
-            "constrained_decoding": _constrained_available(),
-            "load_time_s": self.load_time_s,
-            "version": __import__("sgl_jupyter").__version__,
-        }
+        """Model, memory, cache and counters as SGLang's ``/get_server_info`` reports them."""
+        return server_info(self)
 
     def shutdown(self) -> None:
         if self._closed:
@@ -574,6 +459,15 @@ def _shutdown_all() -> None:
             pass
 
 
+def _coalesce(chunk: dict, later: dict) -> dict:
+    """Two stream chunks of one request as one: text, output ids and meta_info are cumulative (the later
+    chunk's), deltas are joined. A stream reader that falls behind (a slow HTTP client, a busy event loop)
+    then sends one event for what queued up instead of one per step, and catches up."""
+    if "error" in later:
+        raise EngineError(later["error"])
+    return {**later, "delta": chunk["delta"] + later["delta"]}
+
+
 def _final(chunk: dict) -> dict:
     return {"text": chunk["text"], "output_ids": chunk["output_ids"], "meta_info": chunk["meta_info"]}
 
@@ -588,24 +482,6 @@ def _eos_ids(cfg, tokenizer) -> set[int]:
     if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(int(tokenizer.eos_token_id))
     return ids
-
-
-def _constrained_available() -> bool:
-    try:
-        from . import constrained  # noqa: F401
-
-        return hasattr(constrained, "GrammarBackend")
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _accepts_eos_ids(cls) -> bool:
-    import inspect
-
-    try:
-        return "eos_ids" in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _configure_logging(level: str) -> None:

@@ -187,6 +187,7 @@ def load_model(model_path: str, *, load_format: str = "auto", dtype: str = "auto
                     else:
                         p.normal_(0.0, 0.02, generator=gen)
         else:
+            quantization = _fp8_checkpoint(model, cfg, quantization, path)
             expected = {n for n, _ in model.named_parameters()}
             files = weight_files(path)
             with torch.no_grad():
@@ -205,6 +206,22 @@ def load_model(model_path: str, *, load_format: str = "auto", dtype: str = "auto
                               "a smaller --dtype (bfloat16), or --tp-size > 1") from e
     model.eval().requires_grad_(False)
     return LoadedModel(model, tokenizer, cfg, str(path), dt, dev)
+
+
+def _fp8_checkpoint(model: torch.nn.Module, cfg, quantization: Optional[str], path: Path) -> Optional[str]:
+    """An FP8 checkpoint (``quantization_config.quant_method == "fp8"``) loads its e4m3 weights as they are and
+    runs with ``quantization="fp8"`` whether asked or not (as in SGLang)."""
+    from .quantization.fp8 import prepare_checkpoint
+
+    try:
+        if not prepare_checkpoint(model, cfg):
+            return quantization
+    except ValueError as e:
+        raise ModelLoadError(f"{str(path)!r}: {e}") from e
+    if quantization not in (None, "fp8"):
+        raise ModelLoadError(f"{str(path)!r} holds FP8 weights: quantization={quantization!r} cannot apply to them "
+                             "(leave it unset, or use 'fp8')")
+    return "fp8"
 
 
 def _dummy_shards(model: torch.nn.Module, cls, cfg, dev: torch.device, dt: torch.dtype, seed: int) -> None:

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from .attention.base import AttentionBackend
-from .cuda_graph_runner import MultiStepLaunch
+from .cuda_graph_runner import LaunchSampling, MultiStepLaunch
 from .forward_batch import ForwardBatch
 from .kv_pool import KVPool, ReqToTokenPool
 from .loader import LoadedModel
@@ -52,11 +52,17 @@ class ModelRunner:
         """Largest batch that ``launch_decode_multi_step`` takes (0: not captured)."""
         return getattr(self.graphs, "ms_max_bs", 0) if self.graphs is not None else 0
 
+    @property
+    def multi_step_sampling(self) -> bool:
+        """Multi-step launches can sample on the device (not only take the argmax)."""
+        return self.graphs is not None and bool(getattr(self.graphs, "ms_sampled_graphs", None))
+
     @torch.inference_mode()
     def launch_decode_multi_step(self, input_ids: list[int], positions: list[int], locs: torch.Tensor,
-                                 rows: list[int], carry: Optional[list[int]] = None) -> MultiStepLaunch:
+                                 rows: list[int], carry: Optional[list[int]] = None,
+                                 sampling: Optional[LaunchSampling] = None) -> MultiStepLaunch:
         self.forward_calls += 1
-        return self.graphs.launch_multi_step(input_ids, positions, locs, rows, carry)
+        return self.graphs.launch_multi_step(input_ids, positions, locs, rows, carry, sampling)
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> torch.Tensor:

@@ -25,6 +25,7 @@ class Req:
     return_text_in_logprobs: bool = False
     grammar: Any = None  # GrammarMatcher for constrained requests
     generator: Optional[torch.Generator] = None
+    sample_seed: Optional[int] = None  # the device sampler's per-request seed (sampling.step_seed)
     output_ids: list[int] = field(default_factory=list)
     # grammar jump-forward (jump_forward.py): forced tokens proposed for the next step, unverified; they
     # have no KV outside that step and are not part of output_ids (nor of what the prefix cache sees)

@@ -146,6 +146,25 @@ class SamplingRow:
     output_ids: Sequence[int]
     banned_ids: Sequence[int] = ()  # EOS/stop ids while min_new_tokens is not reached
     generator: Optional[torch.Generator] = None
+    seed: Optional[int] = None  # the request's sampling seed (Req.sample_seed): on CUDA, with the position,
+    position: Optional[int] = None  # the token's draw (default: the next output's index in the sequence)
+
+    @property
+    def step_seed(self) -> int:
+        pos = self.position if self.position is not None else len(self.prompt_ids) + len(self.output_ids)
+        return step_seed(self.seed or 0, pos)
+
+
+def step_seed(seed: int, position: int) -> int:
+    """The device sampler's seed for the token at ``position`` of a request seeded ``seed``. The same
+    formula runs on the device inside multi-step decode graphs (``step_seeds``), so a seeded request draws
+    the same tokens whatever its batch and whichever path (eager step or graph launch) samples it."""
+    return (seed & 0x7FFFFFFF) * 1_000_003 + position
+
+
+def step_seeds(seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``step_seed`` on device tensors (seeds already masked to 31 bits; no int64 overflow)."""
+    return seeds * 1_000_003 + positions
 
 
 def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
@@ -214,6 +233,8 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow], generator: Optional[to
     greedy = [r.params.is_greedy for r in rows]
     if all(greedy):
         return logits.argmax(dim=-1)
+    if logits.is_cuda and all(r.seed is not None for r in rows) and _device_sampler() is not None:
+        return _sample_on_device(logits, rows)
     probs = sampling_probs(logits, rows)
     out = torch.multinomial(probs, 1, generator=generator).squeeze(1)
     for i, row in enumerate(rows):
@@ -221,4 +242,33 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow], generator: Optional[to
             out[i] = logits[i].argmax()
         elif row.generator is not None:
             out[i] = torch.multinomial(probs[i], 1, generator=row.generator)[0]
+    return out
+
+
+def _device_sampler():
+    """kernels.sampling.sample_triton where Triton runs, else None."""
+    try:
+        from ..kernels._triton import HAS_TRITON
+        from ..kernels.sampling import sample_triton
+    except ImportError:
+        return None
+    return sample_triton if HAS_TRITON else None
+
+
+def sample_params_tensors(rows: list[SamplingRow], device) -> tuple[torch.Tensor, ...]:
+    """Per-row temperature, top_k, top_p, min_p and step seed tensors for the device sampler."""
+    ps = [r.params for r in rows]
+    return (torch.tensor([p.temperature for p in ps], dtype=torch.float32, device=device),
+            torch.tensor([p.top_k for p in ps], dtype=torch.int64, device=device),
+            torch.tensor([p.top_p for p in ps], dtype=torch.float32, device=device),
+            torch.tensor([p.min_p for p in ps], dtype=torch.float32, device=device),
+            torch.tensor([r.step_seed for r in rows], dtype=torch.int64, device=device))
+
+
+def _sample_on_device(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """The Triton sampler (no sort, no host sync) with per-request step seeds, as the multi-step decode
+    graphs run it. A row left with no token to draw (every logit -inf) raises, as torch.multinomial does."""
+    out = _device_sampler()(logits, *sample_params_tensors(rows, logits.device))
+    if not bool(torch.isfinite(logits.gather(1, out.view(-1, 1))).all()):
+        raise RuntimeError("no token left to sample: every token of a row is masked")
     return out

@@ -47,6 +47,8 @@ def load_ipython_extension(ip: Any) -> None:
         panel.register()
     except Exception:  # noqa: BLE001 - no comm manager (a plain terminal): the panel is a JupyterLab feature
         panel = None
+    if panel is not None and getattr(ip, "kernel", None) is not None:
+        panel.open_from_kernel()  # the panel fills in now, not after the last queued cell
     ip.events.register("post_execute", session.refresh_displays)
     names = {n: getattr(lang, n) for n in DSL_NAMES if hasattr(lang, n) and n not in ip.user_ns}
     ip.push(names, interactive=False)

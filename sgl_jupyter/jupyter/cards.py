@@ -68,6 +68,10 @@ def endpoint_card(url: str, info: Any) -> InfoCard:
     ], css_class="sgl-endpoint-card")
 
 
+# wrap long lines at spaces; break inside a word only if it alone is wider than the output
+_WRAP = "white-space:pre-wrap; overflow-wrap:break-word; word-break:normal"
+
+
 class FinalText:
     """The final text of a %%sgl cell's program state."""
 
@@ -76,4 +80,4 @@ class FinalText:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any):
         return {"text/plain": self.text,
-                "text/html": f'<pre class="sgl-final-text" style="white-space:pre-wrap">{_esc(self.text)}</pre>'}
+                "text/html": f'<pre class="sgl-final-text" style="{_WRAP}">{_esc(self.text)}</pre>'}

@@ -84,6 +84,8 @@ class SglCellInterrupted(KeyboardInterrupt):
 
 def _describe(error: BaseException) -> str:
     text = str(error) or repr(error)
+    if isinstance(error, SyntaxError) and error.msg:  # str() adds "(<%%sgl cell 1>, line 2)": a second line number
+        text = error.msg
     notes = [n for n in getattr(error, "__notes__", []) or [] if not n.startswith("in the SGLang program step")]
     return "\n".join([text] + notes)
 

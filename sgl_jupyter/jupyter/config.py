@@ -27,6 +27,7 @@ class SGL(Configurable):
                            ).tag(config=True)
     chart_interval = CFloat(0.25, help="seconds between two ThroughputChart points while the engine runs."
                             ).tag(config=True)
-    chart_window = CFloat(60.0, help="seconds of history a ThroughputChart shows.").tag(config=True)
+    chart_window = CFloat(0.0, help="seconds of history a ThroughputChart shows (0: all since the model loaded)."
+                          ).tag(config=True)
     load_warmup = Bool(True, help="%sgl_load runs one tiny generation after loading (first-call costs paid up front)."
                        ).tag(config=True)

@@ -44,11 +44,55 @@ def engine_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the flags `%sgl_load --help` shows (`--help-all`: every one); their help text is the parser's own
+SHORT_HELP_FLAGS = ("--device", "--dtype", "--max-total-tokens", "--mem-fraction-static", "--max-running-requests",
+                    "--context-length", "--chunked-prefill-size", "--disable-radix-cache", "--attention-backend",
+                    "--random-seed")
+
+
+def _first_sentence(text: str) -> str:
+    text = " ".join((text or "").replace("(default: %(default)s)", "").split())
+    return text.split(". ")[0].rstrip(".")
+
+
+def short_help(width: int = 100) -> str:
+    """`%sgl_load --help`: what most loads need, on one screen."""
+    import textwrap
+
+    parser = engine_parser()
+    by_flag = {opt: a for a in parser._actions for opt in a.option_strings}
+
+    def row(name: str, text: str) -> list[str]:
+        return textwrap.wrap(text, width, initial_indent=f"  {name:<28}", subsequent_indent=" " * 30)
+
+    lines = ["usage: %sgl_load [MODEL_PATH] [--FLAG VALUE ...]",
+             "Load a model into this kernel's engine (replacing the loaded one). Flags as for",
+             "python -m sgl_jupyter.launch_server (SGLang's names).", ""]
+    lines += row("MODEL_PATH", "HF model directory (config.json, *.safetensors, tokenizer); none: the embedded "
+                               "SmolLM2-135M-Instruct")
+    for flag in SHORT_HELP_FLAGS:
+        action = by_flag.get(flag)
+        if action is None:
+            continue
+        name = action.dest.split("_")[-1].upper() if action.choices else action.metavar or action.dest.upper()
+        metavar = "" if action.nargs == 0 else f" {name}"
+        choices = f" ({', '.join(map(str, action.choices))})" if action.choices else ""
+        lines += row(flag + metavar, _first_sentence(action.help) + choices)
+    lines += ["", "%sgl_load --help-all lists every flag."]
+    return "\n".join(lines)
+
+
 def parse_engine_flags(argv: list[str]) -> tuple[Any, dict[str, Any], bool]:
     """-> (model_path or None, EngineArgs keyword arguments, help requested)."""
     from sgl_jupyter.server.args import split_args, validate_engine_args
 
     parser = engine_parser()
+    if "--help-all" in argv:
+        parser.print_help()
+        return None, {}, True
+    if "-h" in argv or "--help" in argv:
+        print(short_help())
+        return None, {}, True
     try:
         ns = parser.parse_args(argv)
     except _HelpShown:

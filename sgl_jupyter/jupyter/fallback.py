@@ -152,12 +152,14 @@ def throughput_text(points: list[dict]) -> str:
     if not points:
         return "ThroughputChart: (no steps yet)"
     last = points[-1]
+    generated = f", {int(last['generated'])} tokens generated" if "generated" in last else ""
     return (f"ThroughputChart: {len(points)} points over {last['t'] - points[0]['t']:.1f} s; last: "
             f"{last['tokens_per_s']:.1f} tok/s, running {last['running']}, queued {last['queued']}, "
-            f"cache hit rate {100 * last['hit_rate']:.1f}%; peak {max(p['tokens_per_s'] for p in points):.1f} tok/s")
+            f"cache hit rate {100 * last['hit_rate']:.1f}%{generated}; "
+            f"peak {max(p['tokens_per_s'] for p in points):.1f} tok/s")
 
 
-def throughput_png(points: list[dict], window_s: float = 60.0) -> Optional[bytes]:
+def throughput_png(points: list[dict], window_s: float = 0.0) -> Optional[bytes]:
     """A PNG of the chart (matplotlib, Agg backend), or None without points."""
     if not points:
         return None
@@ -175,7 +177,7 @@ def throughput_png(points: list[dict], window_s: float = 60.0) -> Optional[bytes
     ax2.plot(t, [p["hit_rate"] * max(1, max(p["running"] for p in points)) for p in points], color="#9467bd",
              linestyle="--", label="hit rate (scaled)")
     ax2.set_ylabel("requests")
-    if t[-1] - t[0] > window_s:
+    if window_s > 0 and t[-1] - t[0] > window_s:
         ax.set_xlim(t[-1] - window_s, t[-1])
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [x.get_label() for x in lines], loc="upper left", fontsize=7)

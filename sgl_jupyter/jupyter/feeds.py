@@ -228,6 +228,21 @@ class TokenStreamFeed:
 
 
 # ---------------------------------------------------------------------------------------------- RadixTreeView
+def _clean_preview(text: str) -> str:
+    """A node's text preview without the U+FFFD halves of characters its token boundaries cut (a node, or its
+    preview's first tokens, can end inside a multi-byte character: "28岁" shown as "28\ufffd")."""
+    more = text.endswith("\u2026")
+    body = text[:-1] if more else text
+    return body.strip("\ufffd") + ("\u2026" if more else "")
+
+
+def readable_snapshot(snapshot: dict) -> dict:
+    """`engine.cache_snapshot()` with every node's text preview cleaned (`_clean_preview`)."""
+    nodes = [{**n, "text": _clean_preview(n.get("text", ""))} if "\ufffd" in n.get("text", "") else n
+             for n in snapshot.get("nodes", [])]
+    return {**snapshot, "nodes": nodes}
+
+
 class RadixTreeFeed:
     """Keeps a `RadixTreeView` equal to `engine.cache_snapshot()`, re-read at most every `interval` s after
     the tree may have changed (a prefill, a finished request, a cache event)."""
@@ -263,7 +278,7 @@ class RadixTreeFeed:
         with self._lock:
             self._dirty = False
             self.limit.mark()
-            snap = self.engine.cache_snapshot(max(self.widget.max_nodes, 1) + 1)  # + the root
+            snap = readable_snapshot(self.engine.cache_snapshot(max(self.widget.max_nodes, 1) + 1))  # + the root
             hits = {n["id"]: n.get("hits", 0) for n in snap.get("nodes", [])}
             hot = [i for i, h in hits.items() if i > 0 and h > self._hits.get(i, 0)]
             self._hits = hits
@@ -284,61 +299,76 @@ class RadixTreeFeed:
 
 
 # ---------------------------------------------------------------------------------------------- ThroughputChart
+def engine_totals(engine: Any) -> tuple[int, float]:
+    """(generated tokens, cache hit rate) as `get_server_info()` reports them, without building all of it."""
+    return int(engine.scheduler.generation_tokens_total), float(engine.cache.hit_rate)
+
+
+def timeline_points(engine: Any, force_idle: bool = False) -> list[dict]:
+    """The engine's step history since load (engine/timeline.py), its busy run ended if the engine went idle
+    (`force_idle`: at once if no request is waiting or running), so the last point carries the counters now."""
+    if force_idle:  # a request that just returned its output may still be leaving the batch: wait for that
+        deadline = time.monotonic() + 0.2
+        while engine.scheduler.has_work and time.monotonic() < deadline:
+            time.sleep(0.005)
+    generated, hit_rate = engine_totals(engine)
+    timeline = engine.timeline
+    if force_idle and not engine.scheduler.has_work:
+        timeline.close_idle(generated, hit_rate, now=float("inf"))
+    else:
+        timeline.close_idle(generated, hit_rate)
+    return timeline.points()
+
+
 class ThroughputFeed:
-    """Adds a `ThroughputChart` point (the engine's own numbers of its latest step) at most every `interval`
-    s while the engine runs, and one idle point when it stops. Over HTTP it polls `get_server_info`."""
+    """Keeps a `ThroughputChart` equal to the engine's timeline (every step since load, one point per
+    `interval` s while it runs), re-read at most every `interval` s while it grows; it also files the
+    requests that finish while attached (for %sgl_stats' latency rows). Over HTTP it polls `get_server_info`."""
 
-    MAX_POINTS = 600
+    MAX_POINTS = 1200
 
-    def __init__(self, widget: ThroughputChart, pump: Pump, *, tap: Optional[EngineTap] = None,
+    def __init__(self, widget: ThroughputChart, pump: Pump, *, engine: Any = None, tap: Optional[EngineTap] = None,
                  server_info: Optional[Callable[[], dict]] = None, interval: float = 0.25,
                  poll_interval: float = 1.0):
-        if tap is None and server_info is None:
-            raise ValueError("a ThroughputFeed needs an engine (tap) or a server_info function to poll")
-        self.widget, self.pump, self.tap, self.server_info = widget, pump, tap, server_info
-        self.limit = RateLimit(interval if tap is not None else poll_interval)
-        self.t0 = time.time()
+        if engine is None and server_info is None:
+            raise ValueError("a ThroughputFeed needs an engine or a server_info function to poll")
+        self.widget, self.pump, self.engine, self.tap, self.server_info = widget, pump, engine, tap, server_info
+        self.interval = interval if engine is not None else poll_interval
+        self.limit = RateLimit(self.interval)
+        self.t0 = engine.timeline.t0 if engine is not None else time.time()
         self.points: list[dict] = list(widget.points)
         self.finished: deque = deque(maxlen=10_000)  # latency fields of requests finished while attached
-        self._last_step: Any = None
-        self._plotted: Any = None
-        self._idle_marked = True
+        self._version = -1
+        if engine is not None:
+            self._sync(force_idle=True)  # history since load, shown at once
         if tap is not None:
-            classes = _event_classes()
-            self._step_cls, self._finish_cls = classes["StepEvent"], classes["FinishEvent"]
+            self._finish_cls = _event_classes()["FinishEvent"]
             tap.add(self.on_engine_event)
         pump.add(self.flush)
 
     def on_engine_event(self, event: Any) -> None:
-        cls = event.__class__
-        if cls is self._step_cls:
-            self._last_step = event
-        elif cls is self._finish_cls:
+        if event.__class__ is self._finish_cls:
             self.finished.append(latency_fields(event.meta_info))  # once a request, not a token
 
-    def _append(self, point: dict) -> None:
-        self.points.append(point)
-        del self.points[:-self.MAX_POINTS]
+    def _sync(self, force_idle: bool = False) -> None:
+        points = timeline_points(self.engine, force_idle)
+        version = self.engine.timeline.version
+        if version == self._version:
+            return
+        self._version = version
+        self.points = points[-self.MAX_POINTS:]
         self.widget.push(points=list(self.points))
+        # a long history is a big message: push it less often the longer it gets
+        self.limit.interval = self.interval * (1 + len(self.points) // 400)
         self.limit.mark()
 
     def flush(self) -> None:
         if not self.limit.ready():
             return
-        if self.tap is None:
+        if self.engine is not None:
+            self._sync()
+        else:
             self._poll()
-            return
-        step = self._last_step
-        if step is not None and step is not self._plotted:
-            self._plotted = step
-            self._idle_marked = False
-            self._append({"t": round(step.time - self.t0, 4), "tokens_per_s": float(step.tokens_per_s),
-                          "running": int(step.running), "queued": int(step.queued),
-                          "hit_rate": float(step.cache_hit_rate)})
-        elif step is not None and not self._idle_marked and time.time() - step.time > 2 * self.limit.interval:
-            self._idle_marked = True  # no step since: the engine is idle (tokens/s drops to 0)
-            self._append({"t": round(time.time() - self.t0, 4), "tokens_per_s": 0.0, "running": 0,
-                          "queued": 0, "hit_rate": float(step.cache_hit_rate)})
 
     def _poll(self) -> None:
         try:
@@ -346,11 +376,15 @@ class ThroughputFeed:
         except Exception:  # noqa: BLE001 - a flaky server must not kill the chart; try again next tick
             self.limit.mark()
             return
-        self._append({"t": round(time.time() - self.t0, 4),
-                      "tokens_per_s": float(info.get("token_throughput", 0.0) or 0.0),
-                      "running": int(info.get("num_running_reqs", 0) or 0),
-                      "queued": int(info.get("num_queue_reqs", 0) or 0),
-                      "hit_rate": float(info.get("cache_hit_rate", 0.0) or 0.0)})
+        self.points.append({"t": round(time.time() - self.t0, 4),
+                            "tokens_per_s": float(info.get("token_throughput", 0.0) or 0.0),
+                            "running": int(info.get("num_running_reqs", 0) or 0),
+                            "queued": int(info.get("num_queue_reqs", 0) or 0),
+                            "hit_rate": float(info.get("cache_hit_rate", 0.0) or 0.0),
+                            "generated": int(info.get("generation_tokens_total", 0) or 0)})
+        del self.points[:-self.MAX_POINTS]
+        self.widget.push(points=list(self.points))
+        self.limit.mark()
 
     def close(self) -> None:
         self.pump.remove(self.flush)

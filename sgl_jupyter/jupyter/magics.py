@@ -2,6 +2,8 @@
 ``%sgl_stats``, ``%sgl_flush`` and the ``%%sgl`` cell magic. ``%magic?`` shows each one's arguments."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any, Optional
 
 from IPython.core.error import UsageError
@@ -33,7 +35,7 @@ class SglMagics(Magics):
               help="engine flags, spelled as for launch_server: --dtype, --device, --max-total-tokens, "
                    "--mem-fraction-static, --max-running-requests (--max-num-sequences), --context-length, "
                    "--chunked-prefill-size, --disable-radix-cache, --attention-backend, --random-seed, ... "
-                   "(`%sgl_load --help` lists them all)")
+                   "(`%sgl_load --help`: the common ones; `--help-all`: every one)")
     @line_magic
     def sgl_load(self, line: str = "") -> None:
         """Load a model into this kernel's engine and make it the backend of %%sgl cells and programs.
@@ -99,15 +101,35 @@ class SglMagics(Magics):
     @argument("--port", type=int, default=30000, help="TCP port (default 30000)")
     @argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every request")
     @argument("--stop", action="store_true", help="stop the server")
+    @argument("--replicas", "--dp-size", type=int, default=1,
+              help="N > 1: serve N new engine replicas (the kernel's engine settings) on Ray Serve behind a "
+                   "cache-aware router instead (pip install sgl-jupyter[cluster])")
+    @argument("--router-policy", default="cache-aware", choices=("cache-aware", "round-robin", "least-load"),
+              help="with --replicas: how the router picks a replica")
+    @argument("--ray-address", default=None, help="with --replicas: join this Ray cluster ('auto')")
     @line_magic
     def sgl_serve(self, line: str = "") -> None:
         """Serve the kernel's engine over HTTP (OpenAI- and SGLang-compatible) from a background thread."""
         args = parse_argstring(self.sgl_serve, line)
         if args.stop:
-            print("server stopped" if self.session.stop_server() else "no server was running")
+            stopped = self.session.stop_server()
+            if "sgl_jupyter.cluster.notebook" in sys.modules:  # %sgl_serve --replicas ran in this kernel
+                stopped = sys.modules["sgl_jupyter.cluster.notebook"].stop_replicas(self.session) or stopped
+            print("server stopped" if stopped else "no server was running")
             return
         if not 0 < args.port < 65536:
             raise UsageError(f"--port must be in 1..65535, got {args.port}")
+        if args.replicas < 1:
+            raise UsageError(f"--replicas must be at least 1, got {args.replicas}")
+        if args.replicas > 1 or args.ray_address:
+            from sgl_jupyter.cluster.notebook import serve_replicas
+
+            server = serve_replicas(self.session, args.host, args.port, args.api_key, args.replicas,
+                                    args.router_policy, args.ray_address)
+            print(f"serving at {server.url}: {args.replicas} replicas on Ray Serve, router policy "
+                  f"{args.router_policy}" + (" (API key required)" if args.api_key else "") +
+                  f"; use it here with %sgl_connect {server.url}")
+            return
         server = self.session.serve(args.host, args.port, args.api_key)
         print(f"serving at {server.url}" + (" (API key required)" if args.api_key else ""))
 
@@ -148,10 +170,12 @@ class SglMagics(Magics):
         self.session.show(view, self.shell)
 
     @magic_arguments()
-    @argument("--window", type=float, default=None, help="seconds of history shown (config: SGL.chart_window)")
+    @argument("--window", type=float, default=None, help="seconds of history shown, 0: all since the model loaded "
+                                                          "(config: SGL.chart_window)")
     @line_magic
     def sgl_stats(self, line: str = "") -> Any:
-        """Throughput, running/queued requests and cache hit rate over time (live), and a DataFrame of metrics.
+        """Throughput, running/queued requests and cache hit rate over time since the model loaded (live), and a
+        DataFrame of metrics whose generated tokens and hit rate are the chart's last point.
 
         The chart is also stored in `_sgl_stats`.
         """
@@ -164,11 +188,12 @@ class SglMagics(Magics):
             raise UsageError("nothing is loaded: run %sgl_load or %sgl_connect first")
         cfg = self.session.config
         window = args.window if args.window is not None else cfg.chart_window
-        if window <= 0:
-            raise UsageError(f"--window must be > 0 seconds, got {window}")
+        if window < 0:
+            raise UsageError(f"--window must be >= 0 seconds (0: all since load), got {window}")
         chart = ThroughputChart(window_s=window)
         if self.session.engine is not None:
-            feed = ThroughputFeed(chart, self.session.pump, tap=self.session.tap, interval=cfg.chart_interval)
+            feed = ThroughputFeed(chart, self.session.pump, engine=self.session.engine, tap=self.session.tap,
+                                  interval=cfg.chart_interval)
         else:
             feed = ThroughputFeed(chart, self.session.pump, server_info=self.session.poll_server_info)
         chart.feed = feed
@@ -223,6 +248,9 @@ def _precheck(model_path: Optional[str], kwargs: dict) -> None:
 
     if model_path is None:
         return
+    if not Path(model_path).expanduser().exists():  # the loader's message would name --model-path
+        raise UsageError(f"%sgl_load: model path {model_path!r} does not exist: give %sgl_load an HF model "
+                         "directory (config.json, *.safetensors, tokenizer), or no path for the embedded model")
     try:
         check_model_dir(model_path, kwargs.get("load_format", "auto"))
     except (ValueError, RuntimeError) as e:

@@ -1,6 +1,9 @@
 """Kernel side of the JupyterLab engine panel: comm target ``sgl_jupyter.panel``.
 
-The front end opens a comm; the kernel answers with the current stats and then pushes
+The kernel opens the comm itself at ``%load_ext`` (`open_from_kernel`: a kernel-to-front-end comm_open travels
+on iopub, so it arrives while Run All still executes cells; a front-end comm_open waits on the shell channel
+until the last cell has run). The front end may also open one (a page reloaded later). Either way the kernel
+sends the current stats and then pushes
 ``{"type": "stats", "data": {...}}`` at most every 0.5 s while the numbers change. The front end
 (labextension/src/panel/connection.ts) may send ``{"type": "flush"}`` (answered with
 ``{"type": "flushed", "data": {"ok": bool}}`` and fresh stats), ``{"type": "refresh"}`` or ``{"type": "tree"}``
@@ -44,6 +47,13 @@ def panel_stats(session: Any) -> dict:
         "cache_hit_rate": float(info.get("cache_hit_rate", 0.0) or 0.0),
         "tokens_per_s": round(float(info.get("token_throughput", 0.0) or 0.0), 3),
     })
+    engine = session.engine
+    if engine is not None:  # the same tokens/s as %sgl_stats' chart: the timeline's newest point (0 once idle)
+        from .feeds import engine_totals
+
+        engine.timeline.close_idle(*engine_totals(engine))
+        last = engine.timeline.last()
+        stats["tokens_per_s"] = last["tokens_per_s"] if last else 0.0
     return stats
 
 
@@ -81,13 +91,31 @@ class PanelComm:
                 pass
             self._manager = None
 
+    def open_from_kernel(self) -> bool:
+        """Open a panel comm to the front end now, carrying the current stats; False if this kernel has no
+        front end to open it to. A front end without the target (nbclient, other clients) ignores or closes it."""
+        import comm
+
+        stats = panel_stats(self.session)
+        try:
+            c = comm.create_comm(target_name=TARGET, data={"type": "stats", "data": stats})
+        except Exception:  # noqa: BLE001 - no kernel (plain IPython): the panel is a JupyterLab feature
+            logger.debug("panel: cannot open a comm from the kernel", exc_info=True)
+            return False
+        self._last[c.comm_id] = stats
+        self._adopt(c)
+        return True
+
     # ------------------------------------------------------------------ comms
     def _on_open(self, comm: Any, open_msg: Any) -> None:
+        self._adopt(comm)
+        self._send_stats(comm, force=True)
+
+    def _adopt(self, comm: Any) -> None:
         with self._lock:
             self.comms.append(comm)
         comm.on_msg(lambda msg, c=comm: self._on_msg(c, msg))
         comm.on_close(lambda msg, c=comm: self._on_close(c))
-        self._send_stats(comm, force=True)
         self.session.pump.add(self.flush)
 
     def _on_close(self, comm: Any) -> None:
@@ -111,7 +139,9 @@ class PanelComm:
             if self.session.engine is None:
                 comm.send({"type": "tree", "data": None, "error": "no in-process engine: run %sgl_load"})
             else:
-                comm.send({"type": "tree", "data": self.session.engine.cache_snapshot()})
+                from .feeds import readable_snapshot
+
+                comm.send({"type": "tree", "data": readable_snapshot(self.session.engine.cache_snapshot())})
         else:
             comm.send({"type": "error", "data": {"message": f"unknown panel message type {kind!r}; expected "
                                                             "refresh, flush or tree"}})

@@ -1,4 +1,5 @@
-"""``%sgl_stats``'s table: the backend's counters and the latencies of the requests this kernel saw."""
+"""``%sgl_stats``'s table: the backend's counters and the latencies of the requests this kernel saw. With an
+in-process engine its tokens/s rows are the chart's (the engine's timeline: its last point and its peak)."""
 from __future__ import annotations
 
 import statistics
@@ -33,8 +34,12 @@ def metrics_frame(session: Any):
 
     info = session.server_info() or {}
     rows: list[tuple[str, Any]] = []
+    points = session.engine.timeline.points() if session.engine is not None else []
     for key, label in _COUNTERS:
-        if key in info:
+        if key == "token_throughput" and points:  # the chart's numbers: its last point and its peak
+            rows.append(("tokens/s now", points[-1]["tokens_per_s"]))
+            rows.append(("tokens/s, peak since load", max(p["tokens_per_s"] for p in points)))
+        elif key in info:
             rows.append((label, info[key]))
     kv = info.get("kv") or {}
     for key in ("used", "evictable", "free"):
@@ -54,5 +59,8 @@ def metrics_frame(session: Any):
     for key, label in (("e2e_latency", "end-to-end latency (s)"), ("ttft", "time to first token (s)")):
         for q, v in _quantiles([float(m[key]) for m in unique if m.get(key) is not None]).items():
             rows.append((f"{label} {q}", v))
-    frame = pd.DataFrame(rows, columns=["metric", "value"]).set_index("metric")
+    # object dtype: counters stay ints (16384, not 16384.000000 as one float column would print them)
+    values = [round(v, 4) if isinstance(v, float) else v for _, v in rows]
+    index = pd.Index([k for k, _ in rows], name="metric")
+    frame = pd.DataFrame({"value": pd.Series(values, index=index, dtype=object)})
     return frame

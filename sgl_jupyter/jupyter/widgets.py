@@ -134,7 +134,7 @@ class ThroughputChart(LiveWidget):
 
     _esm = esm_path("throughput")
     points = t.List(t.Dict(), default_value=[]).tag(sync=True)
-    window_s = t.Float(60.0).tag(sync=True)
+    window_s = t.Float(0.0).tag(sync=True)  # seconds shown; 0: every point (history since load)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any):
         png = fallback.throughput_png(self.points, self.window_s)

@@ -16,7 +16,8 @@ from ..engine.errors import InvalidRequestError
 DEFAULT_HOST = "127.0.0.1"  # loopback unless asked: an open model server on a LAN is a choice, not a default
 DEFAULT_PORT = 30000
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-SERVER_FIELDS = ("host", "port", "api_key", "log_file", "max_body_bytes")
+SERVER_FIELDS = ("host", "port", "api_key", "log_file", "max_body_bytes", "dp_size", "router_policy", "ray_address")
+ROUTER_POLICIES = ("cache-aware", "round-robin", "least-load")  # sgl_jupyter.cluster.policies.POLICIES
 _SKIPPED = {"extra"}
 
 _HELP = {
@@ -25,6 +26,8 @@ _HELP = {
     "tokenizer_path": "Tokenizer directory, if not the model's.",
     "load_format": "Weights format; 'dummy' = random weights from config.json.",
     "dtype": "Weights/activations dtype; auto = bfloat16 on CUDA, float32 on CPU.",
+    "quantization": "Weights of every linear layer: fp8 = e4m3 with per-channel scales (NVIDIA GPUs with FP8: "
+                    "Ada, Hopper, Blackwell; FP8 checkpoints load as fp8 without it). Default: dense --dtype.",
     "device": "auto, cpu, cuda or cuda:N.",
     "trust_remote_code": "Allow custom model code from the model directory.",
     "context_length": "Override the model's context length.",
@@ -84,6 +87,15 @@ def build_parser(prog: str = "python -m sgl_jupyter.launch_server") -> argparse.
     srv.add_argument("--api-key", default=None, help="Require `Authorization: Bearer KEY` (all but /health).")
     srv.add_argument("--log-file", default=None, help="Also write the log to this file.")
     srv.add_argument("--max-body-bytes", type=int, default=32 * 2**20, help="Largest request body accepted.")
+    dp = p.add_argument_group("data parallelism (engine replicas on Ray Serve; pip install sgl-jupyter[cluster])")
+    dp.add_argument("--dp-size", "--replicas", dest="dp_size", type=int, default=1, metavar="N",
+                    help="Engine replicas behind a router (one GPU each on GPU machines); 1 = the single server.")
+    dp.add_argument("--router-policy", default="cache-aware", choices=ROUTER_POLICIES,
+                    help="How the router picks a replica: longest cached prefix (falls back to least-loaded when "
+                         "loads are uneven), round-robin, or least-load.")
+    dp.add_argument("--ray-address", default=None,
+                    help="Join this Ray cluster ('auto': the one `ray start --head` started) instead of starting "
+                         "Ray locally.")
     eng = p.add_argument_group("engine (SGLang ServerArgs names)")
     hints = typing.get_type_hints(EngineArgs)
     for f in dataclasses.fields(EngineArgs):
@@ -98,6 +110,10 @@ def build_parser(prog: str = "python -m sgl_jupyter.launch_server") -> argparse.
         kwargs["default"] = f.default
         if f.name in _CHOICES:
             kwargs["choices"] = _CHOICES[f.name]
+        elif f.name == "quantization":
+            from ..engine import quantization
+
+            kwargs["choices"] = quantization.names()
         elif kind in (int, float):
             kwargs["type"] = kind
             kwargs["metavar"] = kind.__name__.upper()
@@ -136,4 +152,6 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None)
     validate_engine_args(parser, engine)
     if server["max_body_bytes"] < 1024:
         parser.error("argument --max-body-bytes: must be at least 1024")
+    if server["dp_size"] < 1:
+        parser.error(f"argument --dp-size/--replicas: must be at least 1, got {server['dp_size']}")
     return parser, server, engine

@@ -151,6 +151,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m sgl_jupyte
     from .thread import bind_socket
 
     _, server_opts, engine_kwargs = parse_args(argv, prog)
+    if server_opts["dp_size"] > 1 or server_opts["ray_address"]:
+        from ..cluster.launch import main as cluster_main
+
+        return cluster_main(server_opts, engine_kwargs, prog)
     host, port = server_opts["host"], server_opts["port"]
     try:
         handlers = setup_logging(engine_kwargs["log_level"], server_opts["log_file"])

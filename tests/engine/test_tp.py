@@ -238,9 +238,11 @@ def test_tp2_gpu_dummy_8b_shape_matches_tp1_within_bf16_tolerance():
     from sgl_jupyter import Engine
     from sgl_jupyter.bench.latency import resolve_model_path
 
+    from .test_gpu_engine import shape_tokenizer
+
     path = resolve_model_path("llama3-8b")
     kwargs = dict(load_format="dummy", dtype="bfloat16", device="cuda", max_total_tokens=8192,
-                  max_running_requests=8, cuda_graph_max_bs=8)
+                  max_running_requests=8, cuda_graph_max_bs=8, tokenizer_path=shape_tokenizer())
     prompt = torch.randint(100, 30000, (64,), generator=torch.Generator().manual_seed(1)).tolist()
     with Engine(path, tp_size=2, **kwargs) as eng:
         out = eng.generate(input_ids=prompt, sampling_params={"max_new_tokens": 32, "temperature": 0,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from sgl_jupyter.main import lab_flags
+
 ROOT = Path(__file__).resolve().parents[2]
 LAB_SRC = ROOT / "labextension"
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
@@ -97,7 +99,7 @@ class LabServer:
     """A JupyterLab process; `url` is its base URL, `root` the directory it serves."""
 
     def __init__(self, root: Path, home: Path, share: Path):
-        self.root, self.port = root, free_port()
+        self.root, self.home, self.port = root, home, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ,
                # our own config/data/runtime dirs: no user settings leak in; the extension comes from
@@ -106,7 +108,7 @@ class LabServer:
                "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTER_PATH": str(share),
                "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "ws"),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               "TOKENIZERS_PARALLELISM": "false"}
+               "TOKENIZERS_PARALLELISM": "false", "SGL_NOTEBOOK_QUICK": "1"}  # notebooks run at CI sizes
         self.log_path = home / "lab.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
@@ -114,7 +116,7 @@ class LabServer:
              "--ServerApp.port_retries=0", "--IdentityProvider.token=", "--ServerApp.password=",
              f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
              "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-             "--ServerApp.disable_check_xsrf=True", "--LabApp.extension_manager=readonly"]
+             "--ServerApp.disable_check_xsrf=True", "--LabApp.extension_manager=readonly", *lab_flags()]
             + (["--allow-root"] if os.geteuid() == 0 else []),
             cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self._wait_ready()
@@ -164,6 +166,10 @@ def lab(built_frontend, tmp_path_factory):
     settings = home / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    # every cell in the DOM (no windowing), so a Run All can be read cell by cell without scrolling
+    tracker = home / "settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     server = LabServer(root, home, share)
     yield server
     server.stop()

@@ -234,8 +234,100 @@ async function magicsScenario() {
   await screenshot('after-flush');
 }
 
+/** Index of the first code cell whose prompt is "[*]" (running or queued), or -1. */
+async function busyCell() {
+  return page.evaluate(() => {
+    const all = [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell')];
+    return all.findIndex(c => (c.querySelector('.jp-InputArea-prompt')?.textContent ?? '').includes('[*]'));
+  });
+}
+
+/** Run All on the notebook (a quickstart as a newcomer runs it), watching the engine panel while cells run. */
+async function quickstartScenario() {
+  await openNotebook();
+  await page.waitForTimeout(1500); // the kernel's info has arrived: a notebook JupyterLab rewrites is dirty now
+  result.dirtyOnOpen = await page.locator('.lm-TabBar-tab.jp-mod-dirty').count();
+  result.kernelName = await text('.jp-NotebookPanel-toolbar .jp-KernelName, .jp-Toolbar-kernelName');
+  await page.locator('.jp-SideBar [data-id="sgl-jupyter-engine-panel"]').click();
+  await page.waitForSelector('#sgl-jupyter-engine-panel', { state: 'visible', timeout: 10000 });
+  await screenshot('quickstart-opened');
+
+  await page.locator('.lm-MenuBar-itemLabel', { hasText: /^Run$/ }).click();
+  await page.locator('.lm-Menu-itemLabel', { hasText: /^Run All Cells$/ }).click();
+  const total = await cells().count();
+  const lastCode = await page.evaluate(() => {
+    const all = [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell')];
+    return all.map((c, i) => (c.classList.contains('jp-CodeCell') ? i : -1)).filter(i => i >= 0).pop();
+  });
+  result.samples = [];
+  let shotDuring = false;
+  const deadline = Date.now() + 300000;
+  while (Date.now() < deadline) {
+    const busy = await busyCell();
+    const sample = {
+      busy,
+      model: await text('.sgl-panel-model'),
+      tps: await number('.sgl-panel-tokens_per_s'),
+      running: await number('.sgl-panel-running'),
+      status: await text('.sgl-status-item')
+    };
+    result.samples.push(sample);
+    if (!shotDuring && sample.tps > 0 && busy >= 0) {
+      shotDuring = true;
+      await screenshot('quickstart-running-panel-live');
+    }
+    if (busy < 0 && /\[\d+\]/.test(await prompt(lastCode))) {
+      break;
+    }
+    await page.waitForTimeout(250);
+  }
+  if (!/\[\d+\]/.test(await prompt(lastCode))) {
+    throw new Error(`Run All did not finish; last samples ${JSON.stringify(result.samples.slice(-3))}`);
+  }
+  await page.waitForTimeout(1500); // the chart's last push (the engine went idle)
+  for (let i = 0; i < total; i++) {
+    const cell = cells().nth(i);
+    if (await cell.evaluate(el => el.classList.contains('jp-CodeCell'))) {
+      result.outputs[i] = await outputText(i);
+    }
+  }
+  // how the %%sgl transcript (final text) and the token stream wrap: at spaces, not inside words
+  result.wrapStyles = await page.evaluate(() =>
+    ['.sgl-final-text', '.sgl-token-stream .sgl-text'].map(sel => {
+      const el = document.querySelector(sel);
+      const st = el ? getComputedStyle(el) : null;
+      return { sel, found: !!el, wordBreak: st?.wordBreak, overflowWrap: st?.overflowWrap, whiteSpace: st?.whiteSpace };
+    })
+  );
+  result.dirtyAfterRun = await page.locator('.lm-TabBar-tab.jp-mod-dirty').count(); // outputs changed: dirty now
+  result.stderrOutputs = await page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').count();
+  // the last chart (%sgl_stats) and the DataFrame beside it
+  const chart = page.locator('.jp-Notebook .sgl-throughput').last();
+  await chart.evaluate(el => el.scrollIntoView({ block: 'center' }));
+  result.chart = {
+    tps: await chart.locator('.sgl-tps').textContent(),
+    hitRate: await chart.locator('.sgl-hit-rate').textContent(),
+    generated: await chart.locator('.sgl-generated').textContent(),
+    points: ((await chart.locator('.sgl-series-tokens_per_s').getAttribute('points')) ?? '').trim().split(/\s+/).filter(Boolean).length
+  };
+  result.table = await page.evaluate(() => {
+    const cellsEls = [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell')];
+    const withChart = cellsEls.filter(c => c.querySelector('.sgl-throughput')).pop();
+    const rows = {};
+    for (const tr of withChart?.querySelectorAll('table.dataframe tbody tr') ?? []) {
+      rows[tr.querySelector('th')?.textContent?.trim() ?? ''] = tr.querySelector('td')?.textContent?.trim() ?? '';
+    }
+    return rows;
+  });
+  await screenshot('quickstart-stats-chart');
+  await page.locator('.jp-Notebook .sgl-radix-tree').last().evaluate(el => el.scrollIntoView({ block: 'center' }));
+  await screenshot('quickstart-cache-tree');
+}
+
 try {
-  if (scenario === 'widgets') {
+  if (scenario === 'quickstart') {
+    await quickstartScenario();
+  } else if (scenario === 'widgets') {
     await widgetsScenario();
   } else if (scenario === 'magics') {
     await magicsScenario();

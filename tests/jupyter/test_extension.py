@@ -2,6 +2,7 @@
 serve, and `%unload_ext` (which shuts the engine down)."""
 from __future__ import annotations
 
+import re
 import socket
 
 import pytest
@@ -50,11 +51,17 @@ def test_magics_document_their_arguments(ip):
     assert "--max-total-tokens" in ip.find_line_magic("sgl_load").__doc__
 
 
-def test_sgl_load_help_lists_every_engine_flag(ip, capsys):
+def test_sgl_load_help_is_one_screen_and_help_all_lists_every_engine_flag(ip, capsys):
     ip.run_line_magic("sgl_load", "--help")
+    short = capsys.readouterr().out
+    assert len(short.strip().splitlines()) <= 25, short
+    for flag in ("MODEL_PATH", "--max-total-tokens", "--mem-fraction-static", "--dtype", "--device",
+                 "--disable-radix-cache", "--context-length", "--help-all"):
+        assert flag in short, flag
+    ip.run_line_magic("sgl_load", "--help-all")
     out = capsys.readouterr().out
     for flag in ("--max-total-tokens", "--mem-fraction-static", "--max-num-sequences", "--dtype", "--device",
-                 "--disable-radix-cache", "--chunked-prefill-size", "--context-length"):
+                 "--disable-radix-cache", "--chunked-prefill-size", "--context-length", "--tp-size"):
         assert flag in out, flag
 
 
@@ -62,12 +69,13 @@ def test_sgl_load_help_lists_every_engine_flag(ip, capsys):
     ("--dtype float8", "invalid choice"),
     ("--no-such-flag 1", "unrecognized arguments"),
     ("--max-total-tokens many", "invalid int value"),
-    ("/no/such/model/dir", "/no/such/model/dir"),
+    ("/no/such/model/dir", "'/no/such/model/dir' does not exist: give %sgl_load an HF model directory"),
 ])
 def test_sgl_load_rejects_bad_input_and_keeps_the_engine(ip, session, line, fragment):
     engine = session.engine
-    with pytest.raises(UsageError, match=fragment):
+    with pytest.raises(UsageError, match=re.escape(fragment)) as err:
         ip.run_line_magic("sgl_load", line)
+    assert "--model-path" not in str(err.value)  # the path was positional
     assert session.engine is engine  # a typo does not cost the loaded model
 
 

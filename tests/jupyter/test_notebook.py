@@ -90,8 +90,9 @@ s += "Write a very long story about a dragon:" + gen("story", max_tokens=3000, i
 s += "The capital of France is" + gen("city", max_tokens=4)''',
         f"%sgl_serve --port {port}",
         SEED_41_VERBATIM.replace("30000", str(port)),
-        "_sgl_cache.refresh()\n" + _json_cell('{"tree": _sgl_cache.tree, "snapshot": engine.cache_snapshot(201), '
-                                             '"after": after_state.get_meta_info("city")}'),
+        "from sgl_jupyter.jupyter.feeds import readable_snapshot\n_sgl_cache.refresh()\n"
+        + _json_cell('{"tree": _sgl_cache.tree, "snapshot": readable_snapshot(engine.cache_snapshot(201)), '
+                     '"after": after_state.get_meta_info("city")}'),
     ]
 
 

@@ -19,7 +19,28 @@ def _nodes(tree: dict) -> list[tuple]:
 
 
 def _snapshot(view, engine) -> dict:
-    return engine.cache_snapshot(view.max_nodes + 1)
+    from sgl_jupyter.jupyter.feeds import readable_snapshot
+
+    return readable_snapshot(engine.cache_snapshot(view.max_nodes + 1))
+
+
+def test_tree_previews_drop_the_halves_of_cut_characters(ip, kernel_engine):
+    from sgl_jupyter.jupyter.feeds import readable_snapshot
+
+    snap = {"nodes": [{"id": 1, "text": "资料:Alice,28\ufffd\u2026"}, {"id": 2, "text": "\ufffd\ufffd{\"name\""},
+                      {"id": 3, "text": "plain"}], "version": 7}
+    assert [n["text"] for n in readable_snapshot(snap)["nodes"]] == ["资料:Alice,28\u2026", '{"name"', "plain"]
+    assert readable_snapshot(snap)["version"] == 7
+    # the quickstart's prompt: its node's preview cuts "岁" in two in the engine's own snapshot
+    kernel_engine.generate("请根据以下信息生成用户资料:Alice,28岁。请根据以下信息生成用户资料:Bob,35岁。",
+                           {"max_new_tokens": 1})
+    ip.run_line_magic("sgl_cache", "")
+    view = ip.user_ns["_sgl_cache"]
+    try:
+        assert not [n["text"] for n in view.tree["nodes"] if "\ufffd" in n["text"]]
+        assert any("Alice,28" in n["text"] for n in view.tree["nodes"])
+    finally:
+        view.close()
 
 
 def _in_sync(view, engine) -> bool:
@@ -73,27 +94,47 @@ def test_cache_view_collapses_beyond_max_nodes(ip, kernel_engine):
         view.close()
 
 
-def test_stats_chart_points_are_the_engines_step_numbers(ip, session, kernel_engine, event_log):
-    frame = ip.run_line_magic("sgl_stats", "--window 30")
+def _tokens_between_points_match(points: list[dict]) -> None:
+    """Each point's tokens/s times the time since the previous point is the tokens generated in between."""
+    for a, b in zip(points, points[1:]):
+        if b["tokens_per_s"] > 0:
+            assert abs(b["tokens_per_s"] * (b["t"] - a["t"]) - (b["generated"] - a["generated"])) < 0.5, (a, b)
+
+
+def test_stats_after_the_work_shows_the_history_since_load(ip, session, kernel_engine):
+    run_ok(ip, '%%sgl --temperature 0\ns += "Counting: 1, 2, 3," + gen("n", max_tokens=12, ignore_eos=True)')
+    frame = ip.run_line_magic("sgl_stats", "")  # made after the work, as a notebook's last cell
     chart = session.charts[-1]
     try:
-        run_ok(ip, '%%sgl --temperature 0\ns += "Counting: 1, 2, 3," + gen("n", max_tokens=12, ignore_eos=True)')
-        assert wait_until(lambda: chart.points and chart.points[-1]["tokens_per_s"] == 0.0, 10), chart.points
-        steps = {(round(e.time - chart.feed.t0, 4), e.tokens_per_s, e.running, e.queued, e.cache_hit_rate)
-                 for e in event_log.of("StepEvent")}
-        busy = [p for p in chart.points if p["tokens_per_s"] > 0]
-        assert len(busy) >= 2
-        for p in busy:
-            assert (p["t"], p["tokens_per_s"], p["running"], p["queued"], p["hit_rate"]) in steps, p
-        assert [p["t"] for p in chart.points] == sorted(p["t"] for p in chart.points)
+        points = list(chart.points)
+        assert len(points) >= 3 and any(p["tokens_per_s"] > 0 for p in points), points
+        assert [p["t"] for p in points] == sorted(p["t"] for p in points)
+        _tokens_between_points_match(points)
+        last, info = points[-1], kernel_engine.get_server_info()
+        assert last["tokens_per_s"] == 0 and last["running"] == 0  # the engine is idle now
+        assert last["generated"] == frame.loc["generated tokens", "value"] == info["generation_tokens_total"]
+        assert last["hit_rate"] == frame.loc["cache hit rate", "value"] == round(info["cache_hit_rate"], 4)
+        assert frame.loc["tokens/s now", "value"] == 0.0
+        assert frame.loc["tokens/s, peak since load", "value"] == max(p["tokens_per_s"] for p in points) > 0
+        assert isinstance(frame.loc["KV capacity (tokens)", "value"], int)  # a counter prints as 8192, not 8192.0
+        text = chart._repr_mimebundle_()[0]["text/plain"]
+        assert f"{last['generated']} tokens generated" in text and "no steps yet" not in text
+
+        before = info["generation_tokens_total"]
+        run_ok(ip, '%%sgl --temperature 0\ns += "Letters: a, b, c," + gen("n", max_tokens=12, ignore_eos=True)')
+        assert wait_until(lambda: chart.points[-1]["generated"] == before + 12
+                          and chart.points[-1]["tokens_per_s"] == 0.0, 10), chart.points[-3:]
+        new = [p for p in chart.points if p["t"] > last["t"]]
+        assert any(p["tokens_per_s"] > 0 for p in new), new  # the live chart followed the new cell
+        _tokens_between_points_match(chart.points)
         assert chart.max_rate(1.0) <= 1 / session.config.chart_interval + 1
     finally:
         chart.close()
-    info = kernel_engine.get_server_info()
     assert frame.loc["KV capacity (tokens)", "value"] == info["max_total_num_tokens"]
-    assert "generated tokens" in frame.index and "requests observed by this kernel" in frame.index
-    again = ip.run_line_magic("sgl_stats", "")
+    assert "requests observed by this kernel" in frame.index
+    again = ip.run_line_magic("sgl_stats", "--window 30")
     session.charts[-1].close()
+    assert session.charts[-1].window_s == 30
     assert again.loc["generated tokens", "value"] == kernel_engine.get_server_info()["generation_tokens_total"]
     assert again.loc["end-to-end latency (s) p50", "value"] > 0
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sgl_jupyter.kernels import gemv
+from sgl_jupyter.kernels.gemv_configs import GemvConfig, heuristic
 
 
 def _check(x, w, b, y):
@@ -30,6 +31,24 @@ def test_gemv_reads_a_row_slice_of_a_wider_weight(interp_device):
     w = torch.randn(16, 96, device=interp_device)[:, 32:80]  # row stride 96, K 48
     x = torch.randn(1, 48, device=interp_device)
     _check(x, w, None, gemv.gemv_triton(x, w))
+
+
+@pytest.mark.parametrize("split", [2, 3, 8])
+def test_gemv_split_k_partials_sum_to_the_product(interp_device, split):
+    g = torch.Generator().manual_seed(split)
+    w = torch.randn(20, 1000, generator=g).to(interp_device)
+    x = torch.randn(1, 1000, generator=g).to(interp_device)
+    b = torch.randn(20, generator=g).to(interp_device)
+    _check(x, w, b, gemv.gemv_triton(x, w, b, config=GemvConfig(block_n=8, block_k=64, split_k=split, num_warps=4)))
+
+
+def test_tile_heuristic_splits_k_only_where_rows_are_few():
+    sms = 132  # H100 / H200
+    o_proj, gate_up = heuristic(4096, 4096, 2, sms), heuristic(28672, 4096, 2, sms)
+    assert o_proj.split_k > 1 and gate_up.split_k == 1
+    assert -(-4096 // o_proj.block_n) * o_proj.split_k >= 4 * sms
+    assert heuristic(4096, 4096, 1, sms) == o_proj  # fp8: the same tile in elements (registers), half the bytes
+    assert heuristic(8, 40, 2, sms).block_k == 64  # never wider than the (power-of-two) row
 
 
 def test_linear_dispatch_keeps_f_linear_off_cuda_and_for_batches():

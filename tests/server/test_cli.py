@@ -70,6 +70,7 @@ def test_unknown_flag_is_an_error_of_the_real_command():
     (["--mem-fraction-static", "1.5"], "--mem-fraction-static"),
     (["--max-num-sequences", "0"], "--max-running-requests"),
     (["--dtype", "int3"], "--dtype"),
+    (["--quantization", "int3"], "--quantization"),
     (["--log-level", "loud"], "--log-level"),
     (["--attention-backend", "flashinfer", "--disable-flashinfer"], "--disable-flashinfer"),
 ])
@@ -103,7 +104,7 @@ def test_parser_has_sglangs_flags_and_loopback_default():
     for flag in ("--model-path", "--host", "--port", "--log-level", "--log-file", "--mem-fraction-static",
                  "--max-running-requests", "--max-num-sequences", "--max-total-tokens", "--chunked-prefill-size",
                  "--attention-backend", "--disable-flashinfer", "--disable-radix-cache", "--dtype", "--api-key",
-                 "--served-model-name", "--tp-size"):
+                 "--served-model-name", "--tp-size", "--quantization"):
         assert flag in help_text, flag
 
 
@@ -143,6 +144,22 @@ def test_out_of_memory_names_the_flag_to_lower(cli):
     rc, _, err = cli("--max-total-tokens", str(10 ** 11), "--device", "cpu", "--port", "0")
     assert rc == 1
     assert "out of memory" in err.lower() and "--max-total-tokens" in err
+
+
+def test_fp8_on_cpu_says_it_needs_an_fp8_gpu(cli):
+    rc, _, err = cli("--quantization", "fp8", "--device", "cpu", "--port", "0")
+    assert rc == 1 and "quantization='fp8'" in err and "NVIDIA GPU with FP8" in err
+
+
+def test_sgl_load_takes_the_same_quantization_flag():
+    from IPython.core.error import UsageError
+
+    from sgl_jupyter.jupyter.engine_flags import parse_engine_flags
+
+    _, kwargs, _ = parse_engine_flags(["--quantization", "fp8", "--device", "cuda"])
+    assert kwargs["quantization"] == "fp8"
+    with pytest.raises(UsageError, match="--quantization"):
+        parse_engine_flags(["--quantization", "int3"])
 
 
 def _wait_for_line(proc: subprocess.Popen, needle: str, timeout: float) -> str:

@@ -1,9 +1,11 @@
 /**
  * The front-end end of comm `sgl_jupyter.panel` (kernel side: sgl_jupyter/jupyter/panel_comm.py).
  *
- * The kernel registers the comm target only after `%load_ext sgl_jupyter`, so opening may fail (the kernel
- * closes the comm at once). We then try again after each finished cell execution, never on a timer: a
- * kernel that does not use sgl_jupyter gets one comm_open per executed cell at most.
+ * Two ways in. The kernel opens the comm itself at `%load_ext sgl_jupyter` (we register the target on every
+ * kernel we follow): that reaches us at once on iopub, so the panel and the status bar fill in while Run All
+ * is still executing cells. We also open one from here (a page reloaded after `%load_ext`); the kernel handles
+ * that comm_open only between cells, and may close it at once (no `%load_ext` yet): we then try again after
+ * each finished cell execution, never on a timer. The newest comm wins; an older one is closed.
  */
 import type { Kernel, KernelMessage } from '@jupyterlab/services';
 import type { ISignal } from '@lumino/signaling';
@@ -17,6 +19,14 @@ export interface PanelKernel {
   readonly isDisposed: boolean;
   readonly name: string;
   createComm(targetName: string, commId?: string): Kernel.IComm;
+  registerCommTarget(
+    targetName: string,
+    callback: (comm: Kernel.IComm, msg: KernelMessage.ICommOpenMsg) => void | PromiseLike<void>
+  ): void;
+  removeCommTarget(
+    targetName: string,
+    callback: (comm: Kernel.IComm, msg: KernelMessage.ICommOpenMsg) => void | PromiseLike<void>
+  ): void;
   readonly statusChanged: ISignal<any, Kernel.Status>;
   readonly iopubMessage: ISignal<any, KernelMessage.IIOPubMessage>;
 }
@@ -37,6 +47,9 @@ export class PanelConnection {
     if (this.kernel) {
       this.kernel.statusChanged.disconnect(this.onStatus, this);
       this.kernel.iopubMessage.disconnect(this.onIopub, this);
+      if (!this.kernel.isDisposed) {
+        this.kernel.removeCommTarget(TARGET, this.onKernelOpen);
+      }
     }
     this.dropComm();
     this.kernel = kernel;
@@ -47,6 +60,7 @@ export class PanelConnection {
     this.model.setState('waiting', label || kernel.name);
     kernel.statusChanged.connect(this.onStatus, this);
     kernel.iopubMessage.connect(this.onIopub, this);
+    kernel.registerCommTarget(TARGET, this.onKernelOpen);
     this.open();
   }
 
@@ -69,6 +83,33 @@ export class PanelConnection {
     }
     this.opening = true;
     this.comm = comm;
+    this.wire(comm);
+    try {
+      const future = comm.open({ type: 'hello' });
+      future?.done?.catch(() => undefined);
+    } catch (err) {
+      this.comm = null;
+      this.opening = false;
+    }
+  }
+
+  /** The kernel opened the comm (at `%load_ext`): adopt it, closing ours, and show what it carried. */
+  private readonly onKernelOpen = (comm: Kernel.IComm, msg: KernelMessage.ICommOpenMsg): void => {
+    const old = this.comm;
+    this.comm = comm;
+    this.opening = false;
+    if (old && old !== comm && !old.isDisposed) {
+      try {
+        old.close();
+      } catch {
+        // already gone
+      }
+    }
+    this.wire(comm);
+    this.onMessage(comm, (msg?.content?.data ?? {}) as Record<string, unknown>);
+  };
+
+  private wire(comm: Kernel.IComm): void {
     comm.onMsg = msg => this.onMessage(comm, msg.content.data as Record<string, unknown>);
     comm.onClose = () => {
       if (this.comm === comm) {
@@ -79,13 +120,6 @@ export class PanelConnection {
         }
       }
     };
-    try {
-      const future = comm.open({ type: 'hello' });
-      future?.done?.catch(() => undefined);
-    } catch (err) {
-      this.comm = null;
-      this.opening = false;
-    }
   }
 
   send(data: Record<string, unknown>): boolean {

@@ -1,8 +1,8 @@
 /**
  * ThroughputChart front end: tokens/s, running and queued requests and the cache hit rate over time.
  *
- * Synced traits (widget contract): `points` [{t, tokens_per_s, running, queued, hit_rate}] (t in seconds
- * since the chart started) and `window_s` (seconds shown). Two SVG panes share the time axis: tokens/s
+ * Synced traits (widget contract): `points` [{t, tokens_per_s, running, queued, hit_rate, generated?}] (t in
+ * seconds since the engine loaded; `generated`: tokens generated so far) and `window_s` (seconds shown; 0: all). Two SVG panes share the time axis: tokens/s
  * on top; running/queued (left scale) and hit rate (right scale, 0-100%) below. The latest values are
  * text (`.sgl-tps`, `.sgl-running`, `.sgl-queued`, `.sgl-hit-rate`).
  */
@@ -23,6 +23,7 @@ export interface Point {
   running: number;
   queued: number;
   hit_rate: number;
+  generated?: number;
 }
 
 export const COLOURS = {
@@ -47,7 +48,7 @@ const CSS = `
 .sgl-throughput .sgl-key i { display: inline-block; width: 10px; height: 3px; }
 `;
 
-/** Points inside the window ending at the newest point, sorted by time. */
+/** Points inside the window ending at the newest point (every point if `windowS` <= 0), sorted by time. */
 export function visiblePoints(points: Point[], windowS: number): Point[] {
   const clean = points
     .filter(p => p && Number.isFinite(Number(p.t)))
@@ -56,9 +57,11 @@ export function visiblePoints(points: Point[], windowS: number): Point[] {
   if (!clean.length) {
     return [];
   }
+  if (!(windowS > 0)) {
+    return clean;
+  }
   const end = clean[clean.length - 1].t;
-  const win = windowS > 0 ? windowS : 60;
-  return clean.filter(p => p.t >= end - win);
+  return clean.filter(p => p.t >= end - windowS);
 }
 
 /** A "nice" upper bound for an axis: 0 -> 1, 87 -> 100, 1234 -> 1500. */
@@ -146,7 +149,12 @@ export class ThroughputDrawing {
       key('running', 'sgl-running', `running ${fmtNumber(last?.running ?? 0)}`),
       key('queued', 'sgl-queued', `queued ${fmtNumber(last?.queued ?? 0)}`),
       key('hit_rate', 'sgl-hit-rate', `hit rate ${fmtPercent(last?.hit_rate ?? 0)}`),
-      h('span', { class: 'sgl-muted' }, last ? `${shown.length} points, last ${windowS || 60} s` : '(no steps yet)')
+      h('span', { class: 'sgl-generated' }, last?.generated !== undefined ? `${fmtNumber(last.generated)} tokens generated` : ''),
+      h(
+        'span',
+        { class: 'sgl-muted' },
+        last ? `${shown.length} points, ${windowS > 0 ? `last ${windowS} s` : 'since load'}` : '(no steps yet)'
+      )
     );
     const height = LABEL_H + 2 * PANE_H + GAP + 16;
     const svg = s('svg', { viewBox: `0 0 ${W} ${height}`, role: 'img', 'aria-label': 'throughput over time' });

@@ -34,7 +34,7 @@ const CSS = `
 .sgl-token-stream .sgl-stream { margin-top: 6px; }
 .sgl-token-stream .sgl-stream-name { font-weight: 600; }
 .sgl-token-stream .sgl-text {
-  white-space: pre-wrap; overflow-wrap: anywhere; margin: 2px 0; padding: 4px 6px;
+  white-space: pre-wrap; overflow-wrap: break-word; word-break: normal; margin: 2px 0; padding: 4px 6px;
   background: var(--jp-layout-color2, #f7f7f7); border-radius: 3px; max-height: 24em; overflow-y: auto;
   font-family: var(--jp-code-font-family, ui-monospace, monospace), "Noto Sans Mono CJK SC", "Noto Sans CJK SC", sans-serif;
 }

@@ -43,6 +43,23 @@ def load_replicated(param: torch.Tensor, src: WeightSource) -> None:
     param.data.copy_(full)
 
 
+def load_fp8_scale(layer: nn.Module, param: torch.Tensor, src: WeightSource, part: int,
+                   rows: tuple[int, int, int]) -> bool:
+    """An FP8 checkpoint's ``weight_scale`` (per tensor, or per output channel) into ``layer``'s per-row
+    scale at ``rows`` = (offset in the local weight, length, first row in the HF tensor), or the fused
+    ``part``'s ``input_scale`` (kept, not used: activations are scaled per token). False: neither."""
+    if param is not getattr(layer, "weight_scale", None) and param is not getattr(layer, "input_scale", None):
+        return False
+    full = (read_all(src) if source_shape(src) else src[...]).float().reshape(-1)
+    if param is getattr(layer, "input_scale", None):
+        param.data[part] = full.max()
+        return True
+    offset, length, src_start = rows
+    param.data.narrow(0, offset, length).copy_(full.expand(length) if full.numel() == 1
+                                               else full.narrow(0, src_start, length))
+    return True
+
+
 def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
     if tuple(dst.shape) != tuple(src.shape):
         raise ValueError(f"checkpoint shard of shape {tuple(src.shape)} does not fit {tuple(dst.shape)}")
@@ -90,6 +107,8 @@ class ColumnParallelLinear(nn.Module):
                 start += n
             return
         offset, length, src_start = self.parts[shard_id or 0]
+        if load_fp8_scale(self, param, src, shard_id or 0, self.parts[shard_id or 0]):
+            return
         _copy(param.data.narrow(0, offset, length), read_shard(src, 0, src_start, length))
 
     def _full_sizes(self) -> list[int]:
@@ -154,5 +173,5 @@ class RowParallelLinear(nn.Module):
     def load_weight(self, param: torch.Tensor, src: WeightSource, shard_id: Optional[int] = None) -> None:
         if param is self.bias:
             load_replicated(param, src)
-        else:
+        elif not load_fp8_scale(self, param, src, 0, (0, param.shape[0], 0)):
             _copy(param.data, read_shard(src, 1, self.tp.rank * self.in_features, self.in_features))

@@ -77,4 +77,6 @@ def quantize_model(model: torch.nn.Module, name: Optional[str], *, model_path: P
         layer.quant_method = method
         method.process_weights_after_loading(layer)
 
+
+from . import fp8  # noqa: E402,F401  (registers "fp8")
 from . import gguf_cpu  # noqa: E402,F401  (registers "gguf")
