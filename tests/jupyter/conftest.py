@@ -19,11 +19,12 @@ def ext_name() -> str:
 
 @pytest.fixture(scope="session")
 def shell():
+    from IPython import get_ipython
     from IPython.testing.globalipapp import start_ipython
 
     from sgl_jupyter.jupyter import get_session
 
-    ip = start_ipython()
+    ip = start_ipython() or get_ipython()  # None from start_ipython once another test package started it
     yield ip
     if get_session(ip) is not None:  # shut the engine down; other test packages get the DSL default back
         ip.run_line_magic("unload_ext", ext_name())
