@@ -55,8 +55,10 @@ class EngineTimeline:
                 self._busy = True
                 if self._points:  # at rest until just now: the chart's lines rise here, not across the gap
                     self._append(now - 0.001, 0.0, 0, 0, self._last[2], self._last[3])
-                self._mark_t, self._mark_tokens = now, generated_total
                 self._append(now, 0.0, running, queued, hit_rate, generated_total)
+                # the run's rates count from this point's time, which _append may have moved past `now` (a run
+                # that close_idle ended while this step waited for the lock): tokens/s x dt stays the tokens
+                self._mark_t, self._mark_tokens = max(now, self.t0 + self._points[-1].t), generated_total
             elif now - self._mark_t >= self.interval:
                 tps = (generated_total - self._mark_tokens) / (now - self._mark_t)
                 self._mark_t, self._mark_tokens = now, generated_total
