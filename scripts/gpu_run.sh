@@ -19,7 +19,12 @@
 #                  a row bring the whole file. Without it the tests on the embedded model are skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+T0=$(date +%s)
 OUT=${OUT:-artifacts/gpu}
+# the device tool brings back at most 8 files from $OUT: with BUNDLE=1 every log and JSON goes to $OUT/raw and
+# leaves as one results.tgz (+ the compile caches, see below)
+FINAL_OUT=$OUT
+[ "${BUNDLE:-0}" = 1 ] && OUT=$FINAL_OUT/raw
 mkdir -p "$OUT" /tmp/sgl_parts
 for d in .m1 .m2 .m3; do [ -d "$d" ] && cp "$d"/* /tmp/sgl_parts/; done
 STAGES=("$@")
@@ -47,6 +52,11 @@ else
   export SGL_NO_EMBEDDED_MODEL=1
 fi
 export PYTHONUNBUFFERED=1
+# compile caches (FlashInfer's JIT ~95 s, Triton's kernels and autotuning) from an earlier call on a fresh machine:
+# SAVE_CACHE=1 returns them as $OUT/cache.tgz.NN, a later call carries them back in .gpucache/
+if ls .gpucache/cache.tgz.* >/dev/null 2>&1; then
+  cat .gpucache/cache.tgz.* | tar xzf - -C "$HOME" && echo "[gpu_run] compile caches restored: $(du -sh "$HOME/.cache/flashinfer" "$HOME/.triton" 2>/dev/null | tr '\n' ' ')"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
@@ -57,18 +67,40 @@ TOKARGS=()
 [ -f .tok/tokenizer.json ] && { TOKARGS=(--tokenizer-path .tok); export SGL_TOK=.tok; }
 bench() {  # bench NAME ARGS...: table on stdout and in $OUT/NAME.txt, JSON in $OUT
   local name=$1; shift
-  python3 -m sgl_jupyter.bench "$@" "${TOKARGS[@]}" --out "$OUT" 2>&1 | grep -v "it/s\]$" | tee "$OUT/$name.txt"
+  $TO python3 -m sgl_jupyter.bench "$@" "${TOKARGS[@]}" --out "$OUT" 2>&1 | grep -v "it/s\]$" | tee "$OUT/$name.txt"
 }
 gpu_pytest() {  # gpu_pytest LOGNAME PATHS...; extra pytest arguments in $PYTEST_ARGS, a -k expression in $PYTEST_K
   local name=$1; shift
   # shellcheck disable=SC2086
-  python3 -m pytest -m gpu -q -p no:cacheprovider --durations=15 ${PYTEST_K:+-k "$PYTEST_K"} ${PYTEST_ARGS:-} "$@" \
+  $TO python3 -m pytest -m gpu -q -p no:cacheprovider --durations=15 ${PYTEST_K:+-k "$PYTEST_K"} ${PYTEST_ARGS:-} "$@" \
     2>&1 | tee "$OUT/$name.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 }
+finish() {  # bundle the results and the compile caches (BUNDLE=1 / SAVE_CACHE=1)
+  if [ "${SAVE_CACHE:-0}" = 1 ]; then
+    (cd "$HOME" && tar czf - --exclude='*.o' --exclude='*.ninja*' --exclude='generated' .cache/flashinfer .triton 2>/dev/null) \
+      | split -b 15M -d - "$FINAL_OUT/cache.tgz."
+    ls -la "$FINAL_OUT"/cache.tgz.*
+  fi
+  if [ "${BUNDLE:-0}" = 1 ]; then
+    tar czf "$FINAL_OUT/results.tgz" -C "$OUT" . && rm -rf "$OUT"
+  fi
+}
+# DEADLINE_S (seconds since the start) keeps a call inside the device tool's limit: each stage gets what is left
+# minus a reserve for finish(), or STAGE_TIMEOUT_S if smaller
+stage_timeout() {  # T_<stage> (dashes as underscores, e.g. T_fp8_tests=120) caps one stage
+  local left=$(( ${DEADLINE_S:-100000} - ($(date +%s) - T0) - 45 ))
+  local var="T_${stage//-/_}"
+  local cap=${!var:-${STAGE_TIMEOUT_S:-100000}}
+  [ "$left" -lt "$cap" ] && cap=$left
+  [ "$cap" -lt 5 ] && cap=5
+  echo "$cap"
+}
 rc=0
 for stage in "${STAGES[@]}"; do
-  echo "=== $stage ($(date +%T))"
+  echo "=== $stage ($(date +%T), $(( $(date +%s) - T0 )) s in, limit $(stage_timeout) s)"
+  if [ $(( ${DEADLINE_S:-100000} - ($(date +%s) - T0) )) -lt 60 ]; then echo "[gpu_run] no time left for $stage"; rc=1; continue; fi
+  TO="timeout -k 5 $(stage_timeout)"
   case $stage in
     tests) gpu_pytest tests tests/kernels tests/engine/test_gpu_engine.py tests/engine/test_gpu_memory.py ;;
     kernel-tests) gpu_pytest kernel_tests tests/kernels ;;
@@ -80,19 +112,20 @@ for stage in "${STAGES[@]}"; do
                --hf-batch-size 64 --hf-generate-batch ;;
     multiturn) bench multiturn multiturn --model-path sgl_jupyter/bench/configs/llama3_8b --load-format dummy \
                  --num-users 16 --system-tokens 2048 --user-tokens 128 --answer-tokens 32 ;;
-    serve-tests) PYTEST_K=${PYTEST_K:-"sampl or dummy"} gpu_pytest serve_tests tests/engine/test_gpu_sampling.py \
+    serve-tests) PYTEST_K=${PYTEST_K:-sampl} gpu_pytest serve_tests tests/engine/test_gpu_sampling.py \
                    tests/engine/test_gpu_engine.py ;;
+    bf16-tolerance) PYTEST_K=${PYTEST_K:-dummy} gpu_pytest bf16_tolerance tests/engine/test_gpu_engine.py ;;
     sharegpt) bench sharegpt sharegpt --model-path llama3-8b --load-format dummy --num-requests 1000 \
                 --hf-subset "${HF_SUBSET:-32}" --json-requests 256 ;;
     serving) bench serving serving --model-path llama3-8b --load-format dummy --num-requests 1000 \
                --request-rates "${RATES:-40,inf}" ;;
-    anatomy) python3 scripts/gpu_experiments.py offline_anatomy 2>&1 | tee "$OUT/anatomy.txt" ;;
-    profile) python3 scripts/gpu_decode_profile.py --out "$OUT" "${TOKARGS[@]}" 2>&1 | tee "$OUT/profile.txt" ;;
-    profile-fp8) python3 scripts/gpu_decode_profile.py --out "$OUT/fp8" --quantization fp8 "${TOKARGS[@]}" 2>&1 \
+    anatomy) $TO python3 scripts/gpu_experiments.py offline_anatomy 2>&1 | tee "$OUT/anatomy.txt" ;;
+    profile) $TO python3 scripts/gpu_decode_profile.py --out "$OUT" "${TOKARGS[@]}" 2>&1 | tee "$OUT/profile.txt" ;;
+    profile-fp8) $TO python3 scripts/gpu_decode_profile.py --out "$OUT/fp8" --quantization fp8 "${TOKARGS[@]}" 2>&1 \
              | tee "$OUT/profile_fp8.txt" ;;
     fp8-tests) gpu_pytest fp8_tests tests/kernels/test_fp8_kernels.py tests/kernels/test_fp8_linear.py \
              tests/kernels/test_gemv_kernel.py tests/gpu ;;
-    gemv-tune) python3 scripts/gpu_gemv_tune.py --out "$OUT" --budget-s "${TUNE_BUDGET_S:-240}" 2>&1 \
+    gemv-tune) $TO python3 scripts/gpu_gemv_tune.py --out "$OUT" --budget-s "${TUNE_BUDGET_S:-240}" 2>&1 \
              | tee "$OUT/gemv_tune.txt" ;;
     latency-fp8) bench latency_fp8 latency --model-path llama3-8b --load-format dummy --quantization fp8 \
              --peers hf_static ;;
@@ -101,9 +134,11 @@ for stage in "${STAGES[@]}"; do
     offline-fp8) bench offline_fp8 offline --model-path llama3-8b --load-format dummy --num-requests 512 \
              --hf-batch-size 64 --quantization fp8 ;;
     accuracy) bench accuracy accuracy --device cuda --dtype bfloat16 --quantization fp8 ;;
-    kernels-check) [ -f scripts/gpu_kernels_check.py ] && python3 scripts/gpu_kernels_check.py --out "$OUT" 2>&1 \
+    kernels-check) [ -f scripts/gpu_kernels_check.py ] && $TO python3 scripts/gpu_kernels_check.py --out "$OUT" 2>&1 \
              | tee "$OUT/kernels.log" ;;
     *) echo "unknown stage $stage" >&2; rc=2 ;;
   esac
 done
+echo "=== done ($(( $(date +%s) - T0 )) s)"
+finish
 exit $rc
