@@ -133,6 +133,8 @@ for stage in "${STAGES[@]}"; do
              --peers hf ;;
     offline-fp8) bench offline_fp8 offline --model-path llama3-8b --load-format dummy --num-requests 512 \
              --hf-batch-size 64 --quantization fp8 ;;
+    offline-gb-fp8) bench offline_gb_fp8 offline --model-path llama3-8b --load-format dummy --num-requests 512 \
+             --hf-batch-size 0 --hf-generate-batch --quantization fp8 ;;
     accuracy) bench accuracy accuracy --device cuda --dtype bfloat16 --quantization fp8 ;;
     kernels-check) [ -f scripts/gpu_kernels_check.py ] && $TO python3 scripts/gpu_kernels_check.py --out "$OUT" 2>&1 \
              | tee "$OUT/kernels.log" ;;
