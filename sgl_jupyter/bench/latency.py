@@ -145,6 +145,12 @@ def _engine_rows(cfg: LatencyConfig, model_path, ids_fn, kwargs: dict, label: st
             torch.cuda.empty_cache()
 
 
+def _say(row: dict) -> None:
+    """One measured row as soon as it exists (a long GPU run that dies later still shows it)."""
+    print(f"[latency] {row['system']}: {row['decode_tok_per_s']:.1f} decode tok/s, TTFT {row['ttft_ms']:.1f} ms",
+          flush=True)
+
+
 def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
     """The dense engine first; with ``quantization`` in ``engine_kwargs`` the quantized engine beside it in the same
     run (same prompt ids), and with ``quantization="gguf"`` on the CPU also llama.cpp on the same GGUF file when
@@ -168,12 +174,21 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
     ids, model_path, wbytes = info.pop("ids"), info.pop("model_path"), info.pop("wbytes")
     device, dtype = info.pop("device"), info.pop("dtype")
     roofs: list[tuple[str, int]] = [("", wbytes)]  # (variant, weight bytes) per engine row, in row order
+    _say(row)
     if quant:
-        qrow, qinfo = _engine_rows(cfg, model_path, lambda eng: ids, {**kwargs, "quantization": quant},
-                                   f"sgl_jupyter engine ({quant})", bar)
-        rows.append(qrow)
-        roofs.append((quant, qinfo["wbytes"]))
-        info["quantized_fused_decode"] = qinfo["cpu_fused_decode"]
+        try:
+            qrow, qinfo = _engine_rows(cfg, model_path, lambda eng: ids, {**kwargs, "quantization": quant},
+                                       f"sgl_jupyter engine ({quant})", bar)
+        except Exception:  # noqa: BLE001 - the dense row and the peers still stand; the log has the traceback
+            import traceback
+
+            traceback.print_exc()
+            quant = None
+        else:
+            _say(qrow)
+            rows.append(qrow)
+            roofs.append((quant, qinfo["wbytes"]))
+            info["quantized_fused_decode"] = qinfo["cpu_fused_decode"]
     if "llama_cpp" in peers:
         from sgl_jupyter.engine.gguf_blocks import find_gguf_for
 
@@ -207,6 +222,7 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
                 bar.update()
             name = "HF generate" if peer == "hf" else "HF static cache + torch.compile"
             rows.append({"system": name, **_best(trials)})
+            _say(rows[-1])
         del hf
     bar.close()
     if device.type == "cuda":
