@@ -124,38 +124,6 @@ def gemv_variants():
     return out
 
 
-def sampler_diag():
-    from sgl_jupyter.kernels.sampling import sample_triton, top_k_top_p_min_p_probs_ref
-    sys.path.insert(0, "tests/kernels")
-    rows = [(0.0, -1, 1.0, 0.0), (1.0, 20, 1.0, 0.0), (0.7, -1, 0.9, 0.0), (1.0, -1, 1.0, 0.05),
-            (1.3, 50, 0.8, 0.1), (1.0, 1, 1.0, 0.0), (0.5, 5, 0.5, 0.0), (1.0, -1, 1.0, 0.0)] * 4
-    out = {}
-    for V in (1000, 2000, 1024, 4096, 32000):
-        torch.manual_seed(0)
-        fails = []
-        for trial in range(5):
-            logits = torch.randn(len(rows), V, device="cuda") * 4
-            t, k, p, m = zip(*rows)
-            params = (torch.tensor(t, device="cuda"), torch.tensor(k, dtype=torch.int32, device="cuda"),
-                      torch.tensor(p, device="cuda"), torch.tensor(m, device="cuda"))
-            seeds = torch.randint(0, 2**62, (len(rows),), device="cuda")
-            ids, thr = sample_triton(logits, *params, seeds, return_threshold=True)
-            ref = top_k_top_p_min_p_probs_ref(logits, *params)
-            tt = torch.where(params[0] > 1e-6, params[0], torch.ones_like(params[0]))
-            probs = torch.softmax(logits / tt[:, None], -1)
-            kept = (probs >= thr[:, None] * (1 - 1e-5)).sum(1)
-            ref_kept = (ref > 0).sum(1)
-            for i, row in enumerate(rows):
-                if row[0] == 0.0 or row[1] == 1:
-                    continue
-                if abs(int(kept[i]) - int(ref_kept[i])) > 1:
-                    sp = probs[i].sort(descending=True).values
-                    fails.append({"trial": trial, "row": i, "params": row, "kept": int(kept[i]), "ref": int(ref_kept[i]),
-                                  "thr": float(thr[i]), "p_top3": sp[:3].tolist(), "cum3": sp[:3].cumsum(0).tolist()})
-        out[V] = fails[:6] + [{"n_fail": len(fails)}]
-    return out
-
-
 def offline_anatomy():
     """The offline bench's engine run (512 mixed requests, Llama-3-8B shape), step by step: how much wall
     time prefill and decode take, at which batch sizes, how many launches overlapped; then the same
@@ -255,7 +223,7 @@ def offline_anatomy():
     return out
 
 
-EXPS = {"offline_anatomy": offline_anatomy, "sampler": sampler_diag, "gemv": gemv_variants, "timeline_4": lambda: timeline(4),
+EXPS = {"offline_anatomy": offline_anatomy, "gemv": gemv_variants, "timeline_4": lambda: timeline(4),
         "timeline_4_cublas": lambda: timeline(4, False), "timeline_8": lambda: timeline(8),
         "timeline_16": lambda: timeline(16), "timeline_1": lambda: timeline(1)}
 for name in (sys.argv[1:] or list(EXPS)):
