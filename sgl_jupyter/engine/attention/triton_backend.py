@@ -83,13 +83,15 @@ class TritonAttnBackend(AttentionBackend):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, fb: ForwardBatch,
                 kv_pool: KVPool, scale: float) -> torch.Tensor:
         k_buf, v_buf = kv_pool.k_buffers[layer_id], kv_pool.v_buffers[layer_id]
-        store_kv_triton(k_buf, v_buf, fb.out_cache_loc, k, v)
+        ks, vs = kv_pool.k_scales[layer_id], kv_pool.v_scales[layer_id]  # 1.0 unless an fp8 pool
+        store_kv_triton(k_buf, v_buf, fb.out_cache_loc, k, v, ks, vs)
         meta = fb.attn_metadata
         if fb.is_decode:
             out = decode_attention_triton(q, k_buf, v_buf, fb.req_to_token, fb.req_pool_indices, fb.seq_lens, scale,
-                                          num_kv_splits=meta.num_kv_splits, mid_o=meta.mid_o, mid_lse=meta.mid_lse)
+                                          num_kv_splits=meta.num_kv_splits, mid_o=meta.mid_o, mid_lse=meta.mid_lse,
+                                          k_scale=ks, v_scale=vs)
         else:
             out = extend_attention_triton(q, k_buf, v_buf, fb.req_to_token, fb.req_pool_indices, fb.prefix_lens,
                                           fb.extend_lens, scale, max_extend_len=meta.max_extend_len,
-                                          extend_start_loc=meta.extend_start_loc)
+                                          extend_start_loc=meta.extend_start_loc, k_scale=ks, v_scale=vs)
         return out.view(out.shape[0], -1)
