@@ -123,3 +123,20 @@ def test_auto_backend_choice_for_fp8_kv(monkeypatch):
     assert attention.choose_backend_name("auto", cuda, dtype=torch.bfloat16, kv_fp8=True) == "triton"
     with pytest.raises(ValueError, match="not flashinfer"):
         attention.choose_backend_name("flashinfer", cuda, dtype=torch.bfloat16, kv_fp8=True)
+
+
+def test_gguf_model_with_fp8_kv_decodes_through_torch(model_path):
+    """The fused GGUF CPU decode step writes an fp32 cache itself: with fp8 KV it stays off and the eager torch
+    path (packed linears, fp8 pool) decodes; greedy text starts as the fp32-cache GGUF engine's does."""
+    from sgl_jupyter import Engine
+
+    outs = []
+    for kv in ("fp8_e4m3", "auto"):
+        eng = Engine(model_path, device="cpu", quantization="gguf", kv_cache_dtype=kv, max_total_tokens=1024)
+        try:
+            assert (eng.runner.cpu_decode is None) == (kv == "fp8_e4m3")
+            outs.append([r["output_ids"][:3] for r in eng.generate(PROMPTS[:4], GREEDY8)])
+            assert_no_leak(eng)
+        finally:
+            eng.shutdown()
+    assert sum(a == b for a, b in zip(*outs)) >= 3
