@@ -38,7 +38,8 @@ class KVPool:
         self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
         self.dtype, self.device = dtype, device
         self.is_fp8 = dtype == FP8_KV_DTYPE
-        # per-layer dequantization scales (python floats: kernel arguments, nothing to sync); 1.0 unless fp8
+        # per-layer dequantization scales (python floats: kernel arguments, nothing to sync); 1.0 unless fp8.
+        # Fixed once decode CUDA graphs are captured (the graphs hold them as launch arguments).
         self.k_scales = [float(s) for s in k_scales] if k_scales is not None else [1.0] * num_layers
         self.v_scales = [float(s) for s in v_scales] if v_scales is not None else [1.0] * num_layers
         if len(self.k_scales) != num_layers or len(self.v_scales) != num_layers:
