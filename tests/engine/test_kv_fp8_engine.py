@@ -140,3 +140,42 @@ def test_gguf_model_with_fp8_kv_decodes_through_torch(model_path):
         finally:
             eng.shutdown()
     assert sum(a == b for a, b in zip(*outs)) >= 3
+
+
+def test_http_server_streams_chinese_from_the_fp8_engine(fp8_engine):
+    """The real server on loopback over the fp8 engine: SSE deltas concatenate to the engine's own text
+    (UTF-8 safe), /get_server_info reports the flag, and every slot comes back."""
+    import json
+
+    import httpx
+
+    from sgl_jupyter.server import ServerThread
+
+    prompt = "中文问题:你好吗?请用中文回答。"
+    want = fp8_engine.generate(prompt, {"max_new_tokens": 12, "temperature": 0})["text"]
+    srv = ServerThread(fp8_engine, host="127.0.0.1", port=0, log_level="warning").start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=120) as c:
+            info = c.get("/get_server_info").json()
+            assert info["args"]["kv_cache_dtype"] == "fp8_e4m3"
+            body = {"model": "x", "prompt": prompt, "max_tokens": 12, "temperature": 0, "stream": True}
+            text = ""
+            with c.stream("POST", "/v1/completions", json=body) as r:
+                assert r.status_code == 200
+                for line in r.iter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        text += "".join(ch["text"] for ch in json.loads(line[6:])["choices"])
+            assert text == want and "\ufffd" not in text
+    finally:
+        srv.stop()
+    assert_no_leak(fp8_engine)
+
+
+def test_launch_server_rejects_a_bad_kv_cache_dtype():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "sgl_jupyter.launch_server", "--kv-cache-dtype", "fp8_e5m2"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "--kv-cache-dtype" in res.stderr and "fp8_e4m3" in res.stderr
