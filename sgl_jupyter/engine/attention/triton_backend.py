@@ -22,6 +22,7 @@ from ..kv_pool import KVPool
 from .base import AttentionBackend
 
 require_triton()  # importing this module is how attention/__init__ probes availability
+FP8_KV_MIN_CAPABILITY = (8, 9)
 
 
 @dataclass
@@ -39,11 +40,17 @@ class ExtendMeta:
 
 class TritonAttnBackend(AttentionBackend):
     def __init__(self, num_q_heads: int, num_kv_heads: int, head_dim: int, device: torch.device,
-                 max_bs: int = 256, max_kv_splits: int = 32, **kwargs):
+                 max_bs: int = 256, max_kv_splits: int = 32, kv_pool: Optional[KVPool] = None, **kwargs):
         super().__init__(num_q_heads, num_kv_heads, head_dim, device)
         if num_q_heads % num_kv_heads:
             raise ValueError(f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         device = torch.device(device)
+        if kv_pool is not None and kv_pool.is_fp8 and device.type == "cuda":
+            cap = torch.cuda.get_device_capability(device)
+            if cap < FP8_KV_MIN_CAPABILITY:  # Triton has no e4m3 casts before Ada
+                raise ValueError(f"{torch.cuda.get_device_name(device)} (compute capability {cap[0]}.{cap[1]}) has "
+                                 "no e4m3 conversions: --kv-cache-dtype fp8_e4m3 needs 8.9+ (Ada, Hopper, "
+                                 "Blackwell); use --kv-cache-dtype auto")
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
         self.max_kv_splits = max_kv_splits
         self.max_bs = 0
