@@ -18,15 +18,16 @@ BLOCK_N = 64  # keys per tile; a split covers a multiple of it
 
 def decode_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
                          req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
-                         sm_scale: float) -> torch.Tensor:
-    """Oracle in float32: q [B, Hq, D], k/v_buffer [slots, Hkv, D] -> [B, Hq, D] in q's dtype."""
+                         sm_scale: float, k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
+    """Oracle in float32: q [B, Hq, D], k/v_buffer [slots, Hkv, D] -> [B, Hq, D] in q's dtype.
+    The buffers may be fp8: a key reads as ``k_buffer.float() * k_scale`` (values likewise)."""
     B, Hq, D = q.shape
     group = Hq // k_buffer.shape[1]
     out = torch.empty_like(q)
     for b, (row, n) in enumerate(zip(req_pool_indices.tolist(), seq_lens.tolist())):
         slots = req_to_token[row, :n].long()
-        k = k_buffer[slots].float().repeat_interleave(group, dim=1)  # [n, Hq, D]
-        v = v_buffer[slots].float().repeat_interleave(group, dim=1)
+        k = (k_buffer[slots].float() * k_scale).repeat_interleave(group, dim=1)  # [n, Hq, D]
+        v = (v_buffer[slots].float() * v_scale).repeat_interleave(group, dim=1)
         s = torch.einsum("hd,nhd->hn", q[b].float(), k) * sm_scale
         out[b] = torch.einsum("hn,nhd->hd", s.softmax(-1), v).to(q.dtype)
     return out
@@ -39,11 +40,11 @@ def choose_num_kv_splits(batch_size: int, num_kv_heads: int, num_sms: int = 132,
 
 
 @jit
-def _decode_split_kernel(Q, K, V, ReqToToken, ReqPoolIdx, SeqLens, MidO, MidLse, sm_scale, num_kv_splits,
+def _decode_split_kernel(Q, K, V, ReqToToken, ReqPoolIdx, SeqLens, MidO, MidLse, sm_scale, v_scale, num_kv_splits,
                          stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_rt,
                          stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
                          GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, KV_FP8: tl.constexpr):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -90,6 +91,8 @@ def _decode_split_kernel(Q, K, V, ReqToToken, ReqPoolIdx, SeqLens, MidO, MidLse,
 
     has = l_i > 0  # an empty split (short request) leaves lse = -inf: stage 2 gives it no weight
     out = acc / tl.where(has, l_i, 1.0)[:, None]
+    if KV_FP8:  # fp8 values were read unscaled (the key scale is folded into sm_scale)
+        out = out * v_scale
     lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
     tl.store(MidO + b * stride_ob + heads[:, None] * stride_oh + split * stride_os + offs_d[None, :], out,
              mask=mask_h[:, None] & mask_d[None, :])
@@ -127,9 +130,12 @@ def _decode_merge_kernel(MidO, MidLse, O, SeqLens, num_kv_splits, stride_ob, str
 def decode_attention_triton(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
                             req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
                             sm_scale: float, num_kv_splits: int = 8, out: Optional[torch.Tensor] = None,
-                            mid_o: Optional[torch.Tensor] = None, mid_lse: Optional[torch.Tensor] = None
-                            ) -> torch.Tensor:
+                            mid_o: Optional[torch.Tensor] = None, mid_lse: Optional[torch.Tensor] = None,
+                            k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
     """q [B, Hq, D] (last dim contiguous), k/v_buffer [slots, Hkv, D] -> out [B, Hq, D].
+
+    An fp8 (e4m3) pool is upcast tile by tile: ``k_scale`` folds into the softmax scale, ``v_scale``
+    multiplies each split's output (both ignored for a bf16/fp32 pool, whose kernel is unchanged).
 
     ``mid_o`` [>=B, Hq, num_kv_splits, D] and ``mid_lse`` [>=B, Hq, num_kv_splits] float32 scratch may be
     passed in (preallocated for CUDA graphs); otherwise they are allocated here."""
@@ -149,12 +155,14 @@ def decode_attention_triton(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: t
         return out
     block_d = next_pow2(D)
     ieee = q.dtype == torch.float32
+    fp8 = k_buffer.dtype == torch.float8_e4m3fn
     _decode_split_kernel[(B, Hkv, num_kv_splits)](
-        q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, mid_o, mid_lse, sm_scale, num_kv_splits,
+        q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, mid_o, mid_lse,
+        sm_scale * k_scale if fp8 else sm_scale, v_scale, num_kv_splits,
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),
         req_to_token.stride(0), mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0),
         mid_lse.stride(1), GROUP=group, HEAD_DIM=D, BLOCK_H=max(16, next_pow2(group)), BLOCK_N=BLOCK_N,
-        BLOCK_D=block_d, IEEE=ieee, num_warps=4, num_stages=2)
+        BLOCK_D=block_d, IEEE=ieee, KV_FP8=fp8, num_warps=4, num_stages=2)
     _decode_merge_kernel[(B, Hq)](
         mid_o, mid_lse, out, seq_lens, num_kv_splits, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
         mid_lse.stride(0), mid_lse.stride(1), out.stride(0), out.stride(1), HEAD_DIM=D, BLOCK_D=block_d,
@@ -167,4 +175,5 @@ def decode_attention(q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_
     if use_triton(q):
         return decode_attention_triton(q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, sm_scale,
                                        **kwargs)
-    return decode_attention_ref(q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, sm_scale)
+    return decode_attention_ref(q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, sm_scale,
+                                kwargs.get("k_scale", 1.0), kwargs.get("v_scale", 1.0))

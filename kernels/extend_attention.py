@@ -16,16 +16,18 @@ from ._triton import jit, next_pow2, require_triton, tl, use_triton
 
 def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
                          req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor,
-                         extend_lens: torch.Tensor, sm_scale: float) -> torch.Tensor:
-    """Oracle in float32: packed q [T, Hq, D] -> [T, Hq, D] in q's dtype."""
+                         extend_lens: torch.Tensor, sm_scale: float, k_scale: float = 1.0,
+                         v_scale: float = 1.0) -> torch.Tensor:
+    """Oracle in float32: packed q [T, Hq, D] -> [T, Hq, D] in q's dtype.
+    The buffers may be fp8: a key reads as ``k_buffer.float() * k_scale`` (values likewise)."""
     Hq = q.shape[1]
     group = Hq // k_buffer.shape[1]
     out = torch.empty_like(q)
     start = 0
     for row, p, e in zip(req_pool_indices.tolist(), prefix_lens.tolist(), extend_lens.tolist()):
         slots = req_to_token[row, :p + e].long()
-        k = k_buffer[slots].float().repeat_interleave(group, dim=1)  # [p+e, Hq, D]
-        v = v_buffer[slots].float().repeat_interleave(group, dim=1)
+        k = (k_buffer[slots].float() * k_scale).repeat_interleave(group, dim=1)  # [p+e, Hq, D]
+        v = (v_buffer[slots].float() * v_scale).repeat_interleave(group, dim=1)
         s = torch.einsum("ihd,jhd->hij", q[start:start + e].float(), k) * sm_scale
         visible = torch.arange(p + e).view(1, -1) <= (p + torch.arange(e)).view(-1, 1)
         s = s.masked_fill(~visible.to(s.device), float("-inf"))
@@ -35,10 +37,10 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
 
 
 @jit
-def _extend_kernel(Q, K, V, O, ReqToToken, ReqPoolIdx, PrefixLens, ExtendLens, ExtendStart, sm_scale,
+def _extend_kernel(Q, K, V, O, ReqToToken, ReqPoolIdx, PrefixLens, ExtendLens, ExtendStart, sm_scale, v_scale,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_rt,
                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+                   BLOCK_D: tl.constexpr, IEEE: tl.constexpr, KV_FP8: tl.constexpr):
     b = tl.program_id(0)
     h = tl.program_id(1)
     mblk = tl.program_id(2)
@@ -89,6 +91,8 @@ def _extend_kernel(Q, K, V, O, ReqToToken, ReqPoolIdx, PrefixLens, ExtendLens, E
         m_i = m_new
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    if KV_FP8:  # fp8 values were read unscaled (the key scale is folded into sm_scale)
+        out = out * v_scale
     tl.store(O + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
 
@@ -97,8 +101,11 @@ def extend_attention_triton(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: t
                             req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor,
                             extend_lens: torch.Tensor, sm_scale: float, max_extend_len: Optional[int] = None,
                             extend_start_loc: Optional[torch.Tensor] = None,
-                            out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Packed q [T, Hq, D] -> [T, Hq, D]. Pass ``max_extend_len`` (a host int) to avoid a device sync."""
+                            out: Optional[torch.Tensor] = None, k_scale: float = 1.0,
+                            v_scale: float = 1.0) -> torch.Tensor:
+    """Packed q [T, Hq, D] -> [T, Hq, D]. Pass ``max_extend_len`` (a host int) to avoid a device sync.
+    An fp8 (e4m3) pool is upcast tile by tile, ``k_scale`` folded into the softmax scale and ``v_scale``
+    applied to the output (both ignored for a bf16/fp32 pool, whose kernel is unchanged)."""
     require_triton()
     T, Hq, D = q.shape
     Hkv = k_buffer.shape[1]
@@ -117,14 +124,16 @@ def extend_attention_triton(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: t
     block_d = next_pow2(D)
     block_m, block_n = (64, 64) if block_d <= 128 else (32, 32)
     ieee = q.dtype == torch.float32
+    fp8 = k_buffer.dtype == torch.float8_e4m3fn
     if ieee:  # float32 tiles take twice the shared memory
         block_m, block_n = min(block_m, 32), min(block_n, 32)
     grid = (B, Hq, -(-max_extend_len // block_m))
     _extend_kernel[grid](
         q, k_buffer, v_buffer, out, req_to_token, req_pool_indices, prefix_lens, extend_lens, extend_start_loc,
-        sm_scale, q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0),
-        v_buffer.stride(1), out.stride(0), out.stride(1), req_to_token.stride(0), GROUP=Hq // Hkv, HEAD_DIM=D,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, IEEE=ieee, num_warps=4, num_stages=2)
+        sm_scale * k_scale if fp8 else sm_scale, v_scale, q.stride(0), q.stride(1), k_buffer.stride(0),
+        k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1), out.stride(0), out.stride(1),
+        req_to_token.stride(0), GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        IEEE=ieee, KV_FP8=fp8, num_warps=4, num_stages=2)
     return out
 
 
@@ -135,4 +144,4 @@ def extend_attention(q, k_buffer, v_buffer, req_to_token, req_pool_indices, pref
         return extend_attention_triton(q, k_buffer, v_buffer, req_to_token, req_pool_indices, prefix_lens,
                                        extend_lens, sm_scale, **kwargs)
     return extend_attention_ref(q, k_buffer, v_buffer, req_to_token, req_pool_indices, prefix_lens, extend_lens,
-                                sm_scale)
+                                sm_scale, kwargs.get("k_scale", 1.0), kwargs.get("v_scale", 1.0))

@@ -9,7 +9,8 @@
 # stash (only keep carried model parts). FP8 (issue 18): fp8-tests (kernels + engine, tests/gpu),
 # gemv-tune (tilings per shape -> kernels/gemv_configs.py entries; TUNE_BUDGET_S), latency-fp8 (bf16 and fp8
 # engines + HF static/compiled, one run), latency-fp8-quick (HF generate peer only), offline-fp8,
-# profile-fp8, accuracy (embedded model fp8 vs bf16: needs the carried model parts).
+# profile-fp8, accuracy (embedded model fp8 vs bf16: needs the carried model parts). FP8 KV cache:
+# kvfp8-tests (kernels + engine, --kv-cache-dtype fp8_e4m3).
 # Results (logs, JSON, tables) go to ${OUT:-artifacts/gpu}.
 #
 # What it needs beside torch/triton/transformers (a bare GPU box has no registry):
@@ -125,6 +126,7 @@ for stage in "${STAGES[@]}"; do
              | tee "$OUT/profile_fp8.txt" ;;
     fp8-tests) gpu_pytest fp8_tests tests/kernels/test_fp8_kernels.py tests/kernels/test_fp8_linear.py \
              tests/kernels/test_gemv_kernel.py tests/gpu ;;
+    kvfp8-tests) gpu_pytest kvfp8_tests tests/kernels/test_kv_fp8_kernels.py tests/gpu/test_kv_fp8.py ;;
     gemv-tune) $TO python3 scripts/gpu_gemv_tune.py --out "$OUT" --budget-s "${TUNE_BUDGET_S:-240}" 2>&1 \
              | tee "$OUT/gemv_tune.txt" ;;
     latency-fp8) bench latency_fp8 latency --model-path llama3-8b --load-format dummy --quantization fp8 \

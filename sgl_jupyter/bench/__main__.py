@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..engine.config import KV_CACHE_DTYPES
+
 
 def _offline(args) -> "object":
     from .latency import resolve_model_path
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                                                          "shipped configs; default: the embedded model's)")
     p.add_argument("--quantization", default=None, help="weights of every linear layer: a name from "
                                                        "sgl_jupyter.engine.quantization (default: dense --dtype)")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
+                   help="KV cache element type (fp8_e4m3: half the bytes of bf16; the engine's own choices)")
     p.add_argument("--num-requests", type=int, default=64)
     p.add_argument("--hf-batch-size", type=int, default=64)
     p.add_argument("--hf-generate-batch", action="store_true")
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args.engine_kwargs = {"tokenizer_path": args.tokenizer_path} if args.tokenizer_path else {}
     if args.quantization:
         args.engine_kwargs["quantization"] = args.quantization
+    if args.kv_cache_dtype != "auto":
+        args.engine_kwargs["kv_cache_dtype"] = args.kv_cache_dtype
     df = BENCHES[args.name](args)
     import pandas as pd
 

@@ -9,6 +9,7 @@ from .errors import InvalidRequestError
 
 ATTENTION_BACKENDS = ("auto", "torch", "triton", "flashinfer")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+KV_CACHE_DTYPES = ("auto", "fp8_e4m3")  # auto: the model dtype (kv_pool.kv_cache_torch_dtype maps them)
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
 SCHEDULE_POLICIES = ("lpm", "fcfs")
 
@@ -25,6 +26,7 @@ class EngineArgs:
     load_format: str = "auto"
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     quantization: Optional[str] = None  # a name from engine.quantization (weights of every linear layer)
+    kv_cache_dtype: str = "auto"  # auto: the model dtype; fp8_e4m3: 1 byte per element, scales 1.0
     device: str = "auto"  # auto: cuda if available else cpu
     trust_remote_code: bool = False
     context_length: Optional[int] = None
@@ -76,6 +78,11 @@ class EngineArgs:
 
         check(self.load_format in LOAD_FORMATS, f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
         check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        check(self.kv_cache_dtype in KV_CACHE_DTYPES,
+              f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
+        check(not (self.kv_cache_dtype != "auto" and self.attention_backend == "flashinfer"),
+              f"kv_cache_dtype={self.kv_cache_dtype!r} runs on attention_backend 'triton' or 'torch', not "
+              "'flashinfer' (leave it 'auto' to get triton on CUDA)")
         check(self.attention_backend in ATTENTION_BACKENDS,
               f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
         check(self.schedule_policy in SCHEDULE_POLICIES,

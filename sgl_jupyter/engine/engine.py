@@ -81,7 +81,8 @@ class Engine:
         self.vocab_size = int(self.hf_config.vocab_size)
         self.eos_ids = _eos_ids(self.hf_config, self.tokenizer)
         self.attention_backend = choose_backend_name(self.args.attention_backend, self.device,
-                                                     self.args.disable_flashinfer, self.loaded.dtype)
+                                                     self.args.disable_flashinfer, self.loaded.dtype,
+                                                     kv_fp8=self.args.kv_cache_dtype != "auto")
         kv_size = kv_capacity(self.args, self.loaded, self.args.tp_size)
         req_pool_cls = ReqToTokenPool
         if self.tp is not None:

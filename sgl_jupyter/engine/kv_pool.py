@@ -1,10 +1,30 @@
 """KV memory: a token-slot pool (one K and one V buffer per layer, a slot per token) and the
-request-to-token table that maps each running request's positions to its slots."""
+request-to-token table that maps each running request's positions to its slots.
+
+``kv_cache_dtype="fp8_e4m3"`` stores K/V as float8_e4m3fn with a per-layer scale (stored = x / scale,
+read = stored * scale; 1.0 without a calibrated checkpoint, as SGLang and vLLM do): one byte per element,
+so the same memory holds twice the tokens of a bf16 cache."""
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 
+from sgl_jupyter.kernels.store_kv import store_kv_ref
+
+from .config import KV_CACHE_DTYPES
 from .errors import KVCacheOOMError
+
+FP8_KV_DTYPE = torch.float8_e4m3fn
+
+
+def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The pool's element type for ``--kv-cache-dtype``."""
+    if kv_cache_dtype == "auto":
+        return model_dtype
+    if kv_cache_dtype == "fp8_e4m3":
+        return FP8_KV_DTYPE
+    raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {kv_cache_dtype!r}")
 
 
 class KVPool:
@@ -12,10 +32,22 @@ class KVPool:
     padded positions may write to, so real slots are 1..size."""
 
     def __init__(self, size: int, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device):
+                 device: torch.device, k_scales: Optional[Sequence[float]] = None,
+                 v_scales: Optional[Sequence[float]] = None):
         self.size = size
         self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
         self.dtype, self.device = dtype, device
+        self.is_fp8 = dtype == FP8_KV_DTYPE
+        # per-layer dequantization scales (python floats: kernel arguments, nothing to sync); 1.0 unless fp8.
+        # Fixed once decode CUDA graphs are captured (the graphs hold them as launch arguments).
+        self.k_scales = [float(s) for s in k_scales] if k_scales is not None else [1.0] * num_layers
+        self.v_scales = [float(s) for s in v_scales] if v_scales is not None else [1.0] * num_layers
+        if len(self.k_scales) != num_layers or len(self.v_scales) != num_layers:
+            raise ValueError(f"need one k and one v scale per layer ({num_layers})")
+        if not self.is_fp8 and any(s != 1.0 for s in self.k_scales + self.v_scales):
+            raise ValueError("KV scales other than 1.0 need an fp8 KV cache")
+        if any(not s > 0 for s in self.k_scales + self.v_scales):
+            raise ValueError("KV scales must be > 0")
         try:
             self.k_buffers = [torch.zeros(size + 1, kv_heads, head_dim, dtype=dtype, device=device)
                               for _ in range(num_layers)]
@@ -56,8 +88,17 @@ class KVPool:
         self._num_free = self.size
 
     def set_kv(self, layer_id: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.k_buffers[layer_id][loc] = k.to(self.dtype)
-        self.v_buffers[layer_id][loc] = v.to(self.dtype)
+        store_kv_ref(self.k_buffers[layer_id], self.v_buffers[layer_id], loc, k, v, self.k_scales[layer_id],
+                     self.v_scales[layer_id])  # fp8: x / scale saturated to +-448 (a plain cast gives NaN)
+
+    def read_kv(self, layer_id: int, slots: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V rows of ``slots`` in ``dtype``, dequantized (the torch paths' read)."""
+        k, v = self.k_buffers[layer_id][slots], self.v_buffers[layer_id][slots]
+        if self.is_fp8:  # upcast in float32, scale (1.0: e4m3 is exact in any float type), round once to dtype
+            ks, vs = self.k_scales[layer_id], self.v_scales[layer_id]
+            k = (k.float() * ks).to(dtype) if ks != 1.0 else k.to(dtype)
+            v = (v.float() * vs).to(dtype) if vs != 1.0 else v.to(dtype)
+        return k.to(dtype), v.to(dtype)
 
 
 def kv_bytes_per_token(num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

@@ -13,7 +13,7 @@ from .attention import create_attention_backend
 from .config import EngineArgs
 from .distributed.parallel_state import local_attention_heads
 from .errors import KVCacheOOMError
-from .kv_pool import KVPool, ReqToTokenPool, kv_bytes_per_token
+from .kv_pool import KVPool, ReqToTokenPool, kv_bytes_per_token, kv_cache_torch_dtype
 from .loader import LoadedModel
 from .model_runner import ModelRunner
 
@@ -36,7 +36,8 @@ def kv_capacity(args: EngineArgs, loaded: LoadedModel, tp_size: int = 1) -> int:
     """KV slots (tokens) this rank can hold: ``max_total_tokens``, else what its memory budget allows."""
     cfg, device = loaded.hf_config, loaded.device
     _, kv_heads, head_dim = local_attention_heads(cfg, tp_size)
-    per_token = kv_bytes_per_token(cfg.num_hidden_layers, kv_heads, head_dim, loaded.dtype)
+    kv_dtype = kv_cache_torch_dtype(args.kv_cache_dtype, loaded.dtype)
+    per_token = kv_bytes_per_token(cfg.num_hidden_layers, kv_heads, head_dim, kv_dtype)  # fp8: half of bf16
     if args.max_total_tokens is not None:
         return args.max_total_tokens
     if device.type == "cuda":
@@ -70,7 +71,8 @@ def build_rank(args: EngineArgs, loaded: LoadedModel, size: int, attention_backe
     max_context = int(min(ctx, size))
     default_running = 512 if device.type == "cuda" else 128  # = the default cuda_graph_max_bs
     max_running = int(args.max_running_requests or min(default_running, max(size // 16, 1)))
-    kv_pool = KVPool(size, cfg.num_hidden_layers, kv_heads, head_dim, loaded.dtype, device)
+    kv_dtype = kv_cache_torch_dtype(args.kv_cache_dtype, loaded.dtype)
+    kv_pool = KVPool(size, cfg.num_hidden_layers, kv_heads, head_dim, kv_dtype, device)
     req_pool = req_pool_cls(max_running + 8, max_context + 1, device)
 
     def backend(name: str):

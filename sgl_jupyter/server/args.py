@@ -10,7 +10,8 @@ import re
 import typing
 from typing import Any, Optional, Sequence
 
-from ..engine.config import ATTENTION_BACKENDS, DTYPES, LOAD_FORMATS, SCHEDULE_POLICIES, EngineArgs
+from ..engine.config import (ATTENTION_BACKENDS, DTYPES, KV_CACHE_DTYPES, LOAD_FORMATS, SCHEDULE_POLICIES,
+                             EngineArgs)
 from ..engine.errors import InvalidRequestError
 
 DEFAULT_HOST = "127.0.0.1"  # loopback unless asked: an open model server on a LAN is a choice, not a default
@@ -28,6 +29,8 @@ _HELP = {
     "dtype": "Weights/activations dtype; auto = bfloat16 on CUDA, float32 on CPU.",
     "quantization": "Weights of every linear layer: fp8 = e4m3 with per-channel scales (NVIDIA GPUs with FP8: "
                     "Ada, Hopper, Blackwell; FP8 checkpoints load as fp8 without it). Default: dense --dtype.",
+    "kv_cache_dtype": "KV cache element type; auto = the model dtype, fp8_e4m3 = 1 byte per element (scales 1.0): "
+                      "twice the tokens in the same memory, attention on the triton (CUDA) or torch backend.",
     "device": "auto, cpu, cuda or cuda:N.",
     "trust_remote_code": "Allow custom model code from the model directory.",
     "context_length": "Override the model's context length.",
@@ -54,8 +57,8 @@ _HELP = {
     "served_model_name": "Model name in /v1/models and responses (default: the model path).",
 }
 _ALIASES = {"max_running_requests": ("--max-num-sequences", "--max-num-seqs")}
-_CHOICES = {"load_format": LOAD_FORMATS, "dtype": DTYPES, "attention_backend": ATTENTION_BACKENDS,
-            "schedule_policy": SCHEDULE_POLICIES, "log_level": LOG_LEVELS}
+_CHOICES = {"load_format": LOAD_FORMATS, "dtype": DTYPES, "kv_cache_dtype": KV_CACHE_DTYPES,
+            "attention_backend": ATTENTION_BACKENDS, "schedule_policy": SCHEDULE_POLICIES, "log_level": LOG_LEVELS}
 
 
 def flag(field_name: str) -> str:

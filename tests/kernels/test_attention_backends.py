@@ -16,10 +16,11 @@ from .helpers import REL_TOL, rel_err
 class Replay:
     """Two pools fed the same steps: one through the backend under test, one through the reference."""
 
-    def __init__(self, backend_cls, hq, hkv, d, dtype, device, layers=2, slots=4000):
+    def __init__(self, backend_cls, hq, hkv, d, dtype, device, layers=2, slots=4000, kv_dtype=None,
+                 kv_scales=(None, None)):
         dev = torch.device(device)
         self.hq, self.hkv, self.d, self.dtype, self.dev = hq, hkv, d, dtype, dev
-        self.pools = [KVPool(slots, layers, hkv, d, dtype, dev) for _ in range(2)]
+        self.pools = [KVPool(slots, layers, hkv, d, kv_dtype or dtype, dev, *kv_scales) for _ in range(2)]
         self.table = ReqToTokenPool(8, 4096, dev)
         kw = dict(kv_pool=self.pools[0], req_to_token=self.table, max_bs=8)
         self.backends = [backend_cls(hq, hkv, d, dev, **kw), TorchAttnBackend(hq, hkv, d, dev)]
@@ -63,7 +64,8 @@ class Replay:
             errs.append(self.step(ForwardMode.DECODE, [0, 3, 5, 1], [1, 1, 1, 1]))
         for pool_a, pool_b in [(self.pools[0].k_buffers, self.pools[1].k_buffers),
                                (self.pools[0].v_buffers, self.pools[1].v_buffers)]:
-            assert all(torch.equal(a, b) for a, b in zip(pool_a, pool_b)), "stored K/V differ"
+            assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8))  # bytes: fp8 has no torch.equal
+                       for a, b in zip(pool_a, pool_b)), "stored K/V differ"
         return max(errs)
 
 
@@ -71,6 +73,15 @@ def test_triton_backend_matches_torch_backend_small(interp_device):
     from sgl_jupyter.engine.attention.triton_backend import TritonAttnBackend
 
     assert Replay(TritonAttnBackend, 6, 2, 32, torch.float32, interp_device).run_script(2, long=False) < 1e-5
+
+
+def test_triton_backend_matches_torch_backend_on_fp8_pool_small(interp_device):
+    """--kv-cache-dtype fp8_e4m3: each layer's own scales reach the store and both attention kernels."""
+    from sgl_jupyter.engine.attention.triton_backend import TritonAttnBackend
+
+    replay = Replay(TritonAttnBackend, 6, 2, 32, torch.float32, interp_device, kv_dtype=torch.float8_e4m3fn,
+                    kv_scales=([0.5, 0.02], [0.25, 0.05]))
+    assert replay.run_script(2, long=False) < 1e-5
 
 
 def test_triton_backend_decode_metadata_is_host_free(interp_device):
@@ -91,6 +102,18 @@ def test_triton_backend_matches_torch_backend_cuda(hq, hkv, d, dtype):
     from sgl_jupyter.engine.attention.triton_backend import TritonAttnBackend
 
     assert Replay(TritonAttnBackend, hq, hkv, d, dtype, "cuda").run_script(4, long=True) < REL_TOL[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("hq,hkv,d", [(32, 8, 128), (9, 3, 64)])
+def test_triton_backend_matches_torch_backend_on_fp8_pool_cuda(hq, hkv, d):
+    from sgl_jupyter.engine.attention.triton_backend import TritonAttnBackend
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("no e4m3 casts before compute capability 8.9")
+    replay = Replay(TritonAttnBackend, hq, hkv, d, torch.bfloat16, "cuda", kv_dtype=torch.float8_e4m3fn,
+                    kv_scales=([0.5, 0.02], [0.25, 0.05]))
+    assert replay.run_script(4, long=True) < REL_TOL[torch.bfloat16]
 
 
 @pytest.mark.gpu

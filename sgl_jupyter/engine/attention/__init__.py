@@ -31,8 +31,10 @@ def available_backends(device: torch.device) -> list[str]:
 
 
 def choose_backend_name(requested: str, device: torch.device, disable_flashinfer: bool = False,
-                        dtype: Optional[torch.dtype] = None) -> str:
-    """``auto``: FlashInfer when importable on CUDA (half precision only), else Triton on CUDA, else torch."""
+                        dtype: Optional[torch.dtype] = None, kv_fp8: bool = False) -> str:
+    """``auto``: FlashInfer when importable on CUDA (half precision, model-dtype KV cache only), else Triton
+    on CUDA, else torch. An fp8 KV cache goes to Triton: its kernels upcast fp8 tiles with the layer's scales,
+    while FlashInfer's fp8 paged prefill is not verified here."""
     avail = available_backends(device)
     half = dtype in (None, torch.float16, torch.bfloat16)
     if requested != "auto":
@@ -41,9 +43,14 @@ def choose_backend_name(requested: str, device: torch.device, disable_flashinfer
         if requested == "flashinfer" and not half:
             raise ValueError(f"FlashInfer has no {dtype} kernels: use --dtype bfloat16 or --attention-backend triton "
                              "(float32)")
+        if requested == "flashinfer" and kv_fp8:
+            raise ValueError("--kv-cache-dtype fp8_e4m3 runs on --attention-backend triton (or torch), "
+                             "not flashinfer")
         return requested
     for name in ("flashinfer", "triton", "torch"):
-        if name in avail and not (name == "flashinfer" and (disable_flashinfer or not half)):
+        if name in avail and not (name == "flashinfer" and (disable_flashinfer or not half or kv_fp8)):
+            if kv_fp8 and name == "triton" and "flashinfer" in avail:
+                logger.info("fp8 KV cache: attention backend triton (FlashInfer's fp8 KV path is not used)")
             return name
     return "torch"
 

@@ -50,6 +50,8 @@ class FlashInferAttnBackend(AttentionBackend):
             raise RuntimeError("FlashInfer is not importable here: pip install flashinfer-python, "
                                "or choose --attention-backend triton")
         self.dtype = kv_pool.dtype if kv_pool is not None else torch.bfloat16
+        if kv_pool is not None and kv_pool.is_fp8:  # choose_backend_name never picks it; a direct build is a bug
+            raise ValueError("the FlashInfer backend has no fp8 KV cache path here: use --attention-backend triton")
         self.workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         self.decode_wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
             self.workspace, "NHD", use_tensor_cores=num_q_heads // num_kv_heads >= 4)

@@ -56,8 +56,8 @@ class TorchAttnBackend(AttentionBackend):
         m: PaddedMeta = fb.attn_metadata
         B, lq = m.q_index.shape
         qp = q[m.q_index].transpose(1, 2)  # [B, Hq, Lq, D]
-        kp = kv_pool.k_buffers[layer_id][m.k_slots].transpose(1, 2).to(q.dtype)  # [B, Hkv, Lk, D]
-        vp = kv_pool.v_buffers[layer_id][m.k_slots].transpose(1, 2).to(q.dtype)
+        kp, vp = kv_pool.read_kv(layer_id, m.k_slots, q.dtype)  # [B, Lk, Hkv, D], fp8 dequantized
+        kp, vp = kp.transpose(1, 2), vp.transpose(1, 2)  # [B, Hkv, Lk, D]
         out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=m.mask, is_causal=m.is_causal, scale=scale,
                                              enable_gqa=self.num_q_heads != self.num_kv_heads)
         out = out.transpose(1, 2)[m.q_valid]  # [T, Hq, D] in packed order (requests are contiguous)

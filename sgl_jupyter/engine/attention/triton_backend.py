@@ -22,6 +22,7 @@ from ..kv_pool import KVPool
 from .base import AttentionBackend
 
 require_triton()  # importing this module is how attention/__init__ probes availability
+FP8_KV_MIN_CAPABILITY = (8, 9)
 
 
 @dataclass
@@ -39,11 +40,17 @@ class ExtendMeta:
 
 class TritonAttnBackend(AttentionBackend):
     def __init__(self, num_q_heads: int, num_kv_heads: int, head_dim: int, device: torch.device,
-                 max_bs: int = 256, max_kv_splits: int = 32, **kwargs):
+                 max_bs: int = 256, max_kv_splits: int = 32, kv_pool: Optional[KVPool] = None, **kwargs):
         super().__init__(num_q_heads, num_kv_heads, head_dim, device)
         if num_q_heads % num_kv_heads:
             raise ValueError(f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         device = torch.device(device)
+        if kv_pool is not None and kv_pool.is_fp8 and device.type == "cuda":
+            cap = torch.cuda.get_device_capability(device)
+            if cap < FP8_KV_MIN_CAPABILITY:  # Triton has no e4m3 casts before Ada
+                raise ValueError(f"{torch.cuda.get_device_name(device)} (compute capability {cap[0]}.{cap[1]}) has "
+                                 "no e4m3 conversions: --kv-cache-dtype fp8_e4m3 needs 8.9+ (Ada, Hopper, "
+                                 "Blackwell); use --kv-cache-dtype auto")
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
         self.max_kv_splits = max_kv_splits
         self.max_bs = 0
@@ -83,13 +90,15 @@ class TritonAttnBackend(AttentionBackend):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, fb: ForwardBatch,
                 kv_pool: KVPool, scale: float) -> torch.Tensor:
         k_buf, v_buf = kv_pool.k_buffers[layer_id], kv_pool.v_buffers[layer_id]
-        store_kv_triton(k_buf, v_buf, fb.out_cache_loc, k, v)
+        ks, vs = kv_pool.k_scales[layer_id], kv_pool.v_scales[layer_id]  # 1.0 unless an fp8 pool
+        store_kv_triton(k_buf, v_buf, fb.out_cache_loc, k, v, ks, vs)
         meta = fb.attn_metadata
         if fb.is_decode:
             out = decode_attention_triton(q, k_buf, v_buf, fb.req_to_token, fb.req_pool_indices, fb.seq_lens, scale,
-                                          num_kv_splits=meta.num_kv_splits, mid_o=meta.mid_o, mid_lse=meta.mid_lse)
+                                          num_kv_splits=meta.num_kv_splits, mid_o=meta.mid_o, mid_lse=meta.mid_lse,
+                                          k_scale=ks, v_scale=vs)
         else:
             out = extend_attention_triton(q, k_buf, v_buf, fb.req_to_token, fb.req_pool_indices, fb.prefix_lens,
                                           fb.extend_lens, scale, max_extend_len=meta.max_extend_len,
-                                          extend_start_loc=meta.extend_start_loc)
+                                          extend_start_loc=meta.extend_start_loc, k_scale=ks, v_scale=vs)
         return out.view(out.shape[0], -1)
