@@ -113,7 +113,7 @@ for stage in "${STAGES[@]}"; do
                --hf-batch-size 64 --hf-generate-batch ;;
     multiturn) bench multiturn multiturn --model-path sgl_jupyter/bench/configs/llama3_8b --load-format dummy \
                  --num-users 16 --system-tokens 2048 --user-tokens 128 --answer-tokens 32 ;;
-    serve-tests) PYTEST_K=${PYTEST_K:-sampl} gpu_pytest serve_tests tests/engine/test_gpu_sampling.py \
+    serve-tests) PYTEST_K=${PYTEST_K:-sampl} gpu_pytest serve_tests tests/kernels/test_sampling_kernel.py tests/engine/test_gpu_sampling.py \
                    tests/engine/test_gpu_engine.py ;;
     bf16-tolerance) PYTEST_K=${PYTEST_K:-dummy} gpu_pytest bf16_tolerance tests/engine/test_gpu_engine.py ;;
     sharegpt) bench sharegpt sharegpt --model-path llama3-8b --load-format dummy --num-requests 1000 \
