@@ -125,6 +125,8 @@ def _sample_kernel(Logits, Temps, TopK, TopP, MinP, Seeds, Out, Rounds, stride_l
             rounds += 1
             rseed = seed + rounds.to(tl.int64) * 1000003
             best = neg_inf
+            # pass 1's Gumbel-max step again, above the pivot (kept inline: a helper called from the kernel
+            # would have to be a triton.jit function at import, which ``_triton.jit`` defers for CPU CI)
             for off in range(0, V, BLOCK):
                 idx = off + offs
                 x = tl.load(base + idx, mask=idx < V, other=float("-inf")).to(tl.float32) * inv_t
