@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ._triton import jit, next_pow2, require_triton, tl, use_triton
+from ._triton import HAS_TRITON, jit, next_pow2, require_triton, tl, triton, use_triton
 
 GREEDY_TEMPERATURE = 1e-6  # temperatures at or below this are greedy (SGLang's convention: 0 = greedy)
 
@@ -46,6 +46,19 @@ def sample_ref(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch.T
     """One token id per row (int64), drawn with torch.multinomial."""
     probs = top_k_top_p_min_p_probs_ref(logits, temperatures, top_ks, top_ps, min_ps)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+if HAS_TRITON:
+    @triton.jit
+    def _gumbel_max_block(x, idx, offs, off, seed, best, tok, x_tok):
+        """One block of a Gumbel-max draw over ``x`` (-inf: not drawable): the running best score, its token
+        and that token's logit."""
+        score = x - tl.log(-tl.log(tl.rand(seed, idx)))
+        cs = tl.max(score, 0)
+        ci = tl.argmax(score, 0)
+        won = cs > best
+        x_won = tl.sum(tl.where(offs == ci, x, 0.0), 0)
+        return tl.where(won, cs, best), tl.where(won, ci + off, tok), tl.where(won, x_won, x_tok)
 
 
 @jit
@@ -83,14 +96,7 @@ def _sample_kernel(Logits, Temps, TopK, TopP, MinP, Seeds, Out, Rounds, stride_l
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a fully masked block: no inf - inf
         z = z * tl.exp(m - m_ref) + tl.sum(tl.exp(x - m_ref), 0)
         m = m_new
-        score = x - tl.log(-tl.log(tl.rand(seed, idx)))
-        cs = tl.max(score, 0)
-        ci = tl.argmax(score, 0)
-        won = cs > best
-        x_won = tl.sum(tl.where(offs == ci, x, 0.0), 0)
-        tok = tl.where(won, ci + off, tok)
-        x_tok = tl.where(won, x_won, x_tok)
-        best = tl.where(won, cs, best)
+        best, tok, x_tok = _gumbel_max_block(x, idx, offs, off, seed, best, tok, x_tok)
 
     # Rejection with a rising pivot (exact): a draw from p restricted to {x > pivot} is kept when it passes
     # every filter -- fewer than top_k tokens above it, less than top_p of the mass above it, p >= min_p *
@@ -102,8 +108,7 @@ def _sample_kernel(Logits, Temps, TopK, TopP, MinP, Seeds, Out, Rounds, stride_l
     use_k = (top_k > 0) & (top_k < V)
     use_p = top_p < 1.0
     x_min = tl.where(min_p > 0, m + tl.log(tl.where(min_p > 0, min_p, 1.0)), float("-inf"))
-    filtered = (use_k | use_p | (min_p > 0)) & (~greedy)
-    pending = filtered
+    pending = (use_k | use_p | (min_p > 0)) & (~greedy)
     rounds = zero_i + 1
     pivot = neg_inf
     z_t = z * top_p
@@ -125,19 +130,11 @@ def _sample_kernel(Logits, Temps, TopK, TopP, MinP, Seeds, Out, Rounds, stride_l
             rounds += 1
             rseed = seed + rounds.to(tl.int64) * 1000003
             best = neg_inf
-            # pass 1's Gumbel-max step again, above the pivot (kept inline: a helper called from the kernel
-            # would have to be a triton.jit function at import, which ``_triton.jit`` defers for CPU CI)
             for off in range(0, V, BLOCK):
                 idx = off + offs
                 x = tl.load(base + idx, mask=idx < V, other=float("-inf")).to(tl.float32) * inv_t
-                score = tl.where(x > pivot, x - tl.log(-tl.log(tl.rand(rseed, idx))), float("-inf"))
-                cs = tl.max(score, 0)
-                ci = tl.argmax(score, 0)
-                won = cs > best
-                x_won = tl.sum(tl.where(offs == ci, x, 0.0), 0)
-                tok = tl.where(won, ci + off, tok)
-                x_tok = tl.where(won, x_won, x_tok)
-                best = tl.where(won, cs, best)
+                x = tl.where(x > pivot, x, float("-inf"))
+                best, tok, x_tok = _gumbel_max_block(x, idx, offs, off, rseed, best, tok, x_tok)
     tok = tl.where(greedy, arg, tok)
     tl.store(Out + row, tok.to(tl.int64))
     tl.store(Rounds + row, tl.where(greedy, 0, rounds))

@@ -3,9 +3,9 @@
 An fp8 (e4m3) pool stores ``x / scale`` saturated to +-448 (a plain cast of a larger value gives NaN)."""
 from __future__ import annotations
 
-import torch
-
 import os
+
+import torch
 
 from ._triton import HAS_TRITON, jit, next_pow2, require_triton, tl, triton, use_triton
 

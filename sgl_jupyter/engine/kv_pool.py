@@ -94,10 +94,11 @@ class KVPool:
     def read_kv(self, layer_id: int, slots: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V rows of ``slots`` in ``dtype``, dequantized (the torch paths' read)."""
         k, v = self.k_buffers[layer_id][slots], self.v_buffers[layer_id][slots]
-        if self.is_fp8:  # upcast in float32, scale (1.0: e4m3 is exact in any float type), round once to dtype
-            ks, vs = self.k_scales[layer_id], self.v_scales[layer_id]
-            k = (k.float() * ks).to(dtype) if ks != 1.0 else k.to(dtype)
-            v = (v.float() * vs).to(dtype) if vs != 1.0 else v.to(dtype)
+        ks, vs = self.k_scales[layer_id], self.v_scales[layer_id]  # 1.0 unless fp8: e4m3 is exact in any float
+        if ks != 1.0:  # scale in float32, round once to dtype
+            k = k.float() * ks
+        if vs != 1.0:
+            v = v.float() * vs
         return k.to(dtype), v.to(dtype)
 
 
