@@ -87,6 +87,8 @@ finish() {  # bundle the results and the compile caches (BUNDLE=1 / SAVE_CACHE=1
     tar czf "$FINAL_OUT/results.tgz" -C "$OUT" . && rm -rf "$OUT"
   fi
 }
+# the device tool stops a call that runs past its limit with SIGTERM: keep what was measured
+trap 'echo "[gpu_run] terminated at $(( $(date +%s) - T0 )) s: bundling what is there"; finish; exit 124' TERM
 # DEADLINE_S (seconds since the start) keeps a call inside the device tool's limit: each stage gets what is left
 # minus a reserve for finish(), or STAGE_TIMEOUT_S if smaller
 stage_timeout() {  # T_<stage> (dashes as underscores, e.g. T_fp8_tests=120) caps one stage
