@@ -8,27 +8,48 @@ comes from a per-GPU table (``gemv_configs.py``). Larger batches are GEMMs: cuBL
 The same kernel reads FP8 (e4m3) weights with one fp32 scale per output row (``scale``): the weight is
 upcast in registers and the scale applied to each row's sum, so a token reads half the bytes while the
 activations stay in bf16 (weight-only FP8, ``engine/quantization/fp8.py``).
+
+At one row the small kernels between GEMVs cost launches and a round trip of the activation through HBM,
+so two of them ride the next GEMV's load of x (its prologue, rounded exactly as the separate kernels round):
+the residual add + RMSNorm before ``qkv_proj``/``gate_up_proj`` (``AddRMSNorm``: each program first reads the
+whole row from L2 for its 1/rms) and SiLU*mul before ``down_proj`` (``SiluMul``).
 """
 from __future__ import annotations
 
-from typing import Optional
+import os
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 
-from ._triton import jit, require_triton, tl, triton, use_triton
+from ._triton import jit, next_pow2, require_triton, tl, triton, use_triton
+from .activation import silu_and_mul
 from .gemv_configs import GemvConfig, config_for
+from .rmsnorm import fused_add_rmsnorm
 
 ENABLED = True  # module switch for A/B measurements (scripts/gpu_experiments.py)
+# the decode prologues (norm and SiLU*mul read inside the next GEMV); SGL_GEMV_PROLOGUES=0 measures without
+FUSE_PROLOGUES = os.environ.get("SGL_GEMV_PROLOGUES", "1") != "0"
 REDUCE_BLOCK = 1024
 
 
 @jit
-def _gemv_kernel(W, S, X, B, Y, P, N, K, stride_w, K_PER_SPLIT, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gemv_kernel(W, S, X, B, Y, P, R, NW, RO, N, K, stride_w, K_PER_SPLIT, eps, HAS_SCALE: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, PROLOGUE: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, BLOCK_ROW: tl.constexpr):
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1) * K_PER_SPLIT
     n_ok = rn < N
+    if PROLOGUE == 2:  # add + RMSNorm: every program needs the whole row's 1/rms (the row is a few KiB, in L2)
+        rr = tl.arange(0, BLOCK_ROW)
+        r_ok = rr < K
+        srow = (tl.load(X + rr, mask=r_ok, other=0.0).to(tl.float32)
+                + tl.load(R + rr, mask=r_ok, other=0.0).to(tl.float32)).to(X.dtype.element_ty)
+        if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
+            tl.store(RO + rr, srow, mask=r_ok)  # the new residual, written once
+        sf = srow.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(sf * sf, 0) / K + eps)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, K_PER_SPLIT, BLOCK_K):
         rk = k_start + k0 + tl.arange(0, BLOCK_K)
@@ -36,6 +57,16 @@ def _gemv_kernel(W, S, X, B, Y, P, N, K, stride_w, K_PER_SPLIT, HAS_SCALE: tl.co
         w = tl.load(W + rn[:, None].to(tl.int64) * stride_w + rk[None, :], mask=n_ok[:, None] & k_ok[None, :],
                     other=0.0)
         x = tl.load(X + rk, mask=k_ok, other=0.0)
+        if PROLOGUE == 1:  # SiLU(gate) * up over X = [gate | up], rounded as kernels/activation.py rounds
+            u = tl.load(X + K + rk, mask=k_ok, other=0.0)
+            g = x.to(tl.float32)
+            x = ((g / (1.0 + tl.exp(-g))).to(X.dtype.element_ty).to(tl.float32) * u.to(tl.float32)).to(
+                X.dtype.element_ty)
+        if PROLOGUE == 2:  # rounded as kernels/rmsnorm.py rounds: sum, normed row, times the norm weight
+            r = tl.load(R + rk, mask=k_ok, other=0.0)
+            sk = (x.to(tl.float32) + r.to(tl.float32)).to(X.dtype.element_ty).to(tl.float32)
+            nw = tl.load(NW + rk, mask=k_ok, other=0.0).to(tl.float32)
+            x = ((sk * rstd).to(X.dtype.element_ty).to(tl.float32) * nw).to(X.dtype.element_ty)
         acc += w.to(tl.float32) * x[None, :].to(tl.float32)
     y = tl.sum(acc, 1)
     if HAS_SCALE:
@@ -60,6 +91,33 @@ def _splitk_reduce_kernel(P, B, Y, N, HAS_BIAS: tl.constexpr, SPLIT_K: tl.conste
     tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=n_ok)
 
 
+@dataclass(frozen=True)
+class SiluMul:
+    """The GEMV's input is ``silu(gate) * up`` of X = ``[gate | up]`` (``[1, 2K]``): ``down_proj`` reads the
+    ``gate_up_proj`` output without the activation kernel between them."""
+
+    def unfused(self, x: torch.Tensor) -> torch.Tensor:
+        return silu_and_mul(x)
+
+
+@dataclass
+class AddRMSNorm:
+    """The GEMV's input is ``rmsnorm(X + residual) * weight``: a layer's norm read in the next projection's
+    prologue. The sum (the next residual) is written to ``residual_out`` by the launch."""
+
+    residual: torch.Tensor
+    weight: torch.Tensor
+    eps: float
+    residual_out: Optional[torch.Tensor] = None
+
+    def unfused(self, x: torch.Tensor) -> torch.Tensor:
+        h, self.residual_out = fused_add_rmsnorm(x, self.residual, self.weight, self.eps)
+        return h
+
+
+Prologue = Union[SiluMul, AddRMSNorm]
+
+
 def gemv_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
              scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     if scale is not None:
@@ -68,12 +126,14 @@ def gemv_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
 
 
 def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                scale: Optional[torch.Tensor] = None, config: Optional[GemvConfig] = None) -> torch.Tensor:
+                scale: Optional[torch.Tensor] = None, config: Optional[GemvConfig] = None,
+                prologue: Optional[Prologue] = None) -> torch.Tensor:
     """x [1, K], weight [N, K] (row stride >= K, unit column stride; bf16/fp16/fp32, or fp8 with ``scale``
-    [N] fp32) -> [1, N] in x's dtype. ``config``: the tiling (default: the table's for this GPU and shape)."""
+    [N] fp32) -> [1, N] in x's dtype. ``config``: the tiling (default: the table's for this GPU and shape).
+    ``prologue``: what the kernel does to x as it loads it (``SiluMul``: x is [1, 2K]; ``AddRMSNorm``)."""
     require_triton()
     N, K = weight.shape
-    assert x.shape == (1, K) and weight.stride(1) == 1
+    assert x.shape == (1, 2 * K if isinstance(prologue, SiluMul) else K) and weight.stride(1) == 1
     assert (scale is not None) == (weight.element_size() == 1), "fp8 weights need their per-row scale"
     x = x.contiguous()
     cfg = config or config_for(N, K, weight.element_size(), x.device.index if x.is_cuda else None)
@@ -81,15 +141,32 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     y = torch.empty(1, N, dtype=x.dtype, device=x.device)
     partials = torch.empty(cfg.split_k, N, dtype=torch.float32, device=x.device) if cfg.split_k > 1 else y
     bias_arg = bias if bias is not None else weight
+    res = norm_w = res_out = x
+    eps, kind = 0.0, 0
+    if isinstance(prologue, SiluMul):
+        kind = 1
+    elif isinstance(prologue, AddRMSNorm):
+        kind, eps = 2, prologue.eps
+        res, norm_w = prologue.residual.contiguous(), prologue.weight
+        assert res.shape == x.shape and norm_w.shape == (K,) and norm_w.dtype == x.dtype == res.dtype
+        res_out = prologue.residual_out = torch.empty_like(x)
     _gemv_kernel[(triton.cdiv(N, cfg.block_n), cfg.split_k)](
-        weight, scale if scale is not None else weight, x, bias_arg, y, partials, N, K, weight.stride(0),
-        k_per_split, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
-        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_options())
+        weight, scale if scale is not None else weight, x, bias_arg, y, partials, res, norm_w, res_out, N, K,
+        weight.stride(0), k_per_split, eps, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
+        PROLOGUE=kind, SPLIT_K=cfg.split_k, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        BLOCK_ROW=next_pow2(K) if kind == 2 else 16, **cfg.launch_options())
     if cfg.split_k > 1:
         _splitk_reduce_kernel[(triton.cdiv(N, REDUCE_BLOCK),)](partials, bias_arg, y, N, HAS_BIAS=bias is not None,
                                                                 SPLIT_K=cfg.split_k, BLOCK=REDUCE_BLOCK,
                                                                 num_warps=4)
     return y
+
+
+def fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``x @ weight.T`` runs on the one-row Triton GEMV, so a prologue can ride it: one half-precision
+    CUDA row, a weight with unit column stride (bf16/fp16, or fp8 with its scale), fusion switched on."""
+    return (ENABLED and FUSE_PROLOGUES and x.dim() == 2 and x.shape[0] == 1 and use_triton(x)
+            and weight.stride(1) == 1 and x.dtype in (torch.bfloat16, torch.float16))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:

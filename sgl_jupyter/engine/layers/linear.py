@@ -66,6 +66,22 @@ def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
     dst.copy_(src)
 
 
+def project(layer: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor],
+            prologue: Optional[gemv.Prologue] = None) -> torch.Tensor:
+    """``prologue(x) @ W.T (+ bias)`` with ``layer``'s weight. A prologue (the norm or SiLU*mul before this
+    projection) rides the one-row GEMV's load of x where that kernel multiplies (dense or fp8 weights);
+    elsewhere it runs as its own kernel first."""
+    qm = layer.quant_method
+    if prologue is not None:
+        if (qm is None or qm.name == "fp8") and gemv.fusable(x, layer.weight):
+            return gemv.gemv_triton(x, layer.weight, bias, scale=None if qm is None else layer.weight_scale,
+                                    prologue=prologue)
+        x = prologue.unfused(x)
+    if qm is not None:
+        return qm.apply(layer, x, bias)
+    return gemv.linear(x, layer.weight, bias)
+
+
 class ColumnParallelLinear(nn.Module):
     """``y[:, shard] = x @ W[shard].T``: this rank's slice of the output features."""
 
@@ -91,10 +107,8 @@ class ColumnParallelLinear(nn.Module):
             offset += length
         return parts
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quant_method is not None:
-            return self.quant_method.apply(self, x, self.bias)
-        return gemv.linear(x, self.weight, self.bias)
+    def forward(self, x: torch.Tensor, prologue: Optional[gemv.Prologue] = None) -> torch.Tensor:
+        return project(self, x, self.bias, prologue)
 
     def load_weight(self, param: torch.Tensor, src: WeightSource, shard_id: Optional[int] = None) -> None:
         """``shard_id``: which fused part ``src`` is (HF ``q_proj`` -> 0, ...); None: the whole fused
@@ -159,15 +173,10 @@ class RowParallelLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
         self.quant_method = None  # a quantization.LinearQuantMethod, set by the loader
 
-    def _matmul(self, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        if self.quant_method is not None:
-            return self.quant_method.apply(self, x, bias)
-        return gemv.linear(x, self.weight, bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, prologue: Optional[gemv.Prologue] = None) -> torch.Tensor:
         if self.tp.size == 1:
-            return self._matmul(x, self.bias)
-        y = self.tp.all_reduce(self._matmul(x, None))
+            return project(self, x, self.bias, prologue)
+        y = self.tp.all_reduce(project(self, x, None, prologue))
         return y if self.bias is None else y + self.bias
 
     def load_weight(self, param: torch.Tensor, src: WeightSource, shard_id: Optional[int] = None) -> None:

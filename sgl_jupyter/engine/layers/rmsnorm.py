@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from sgl_jupyter.kernels.gemv import AddRMSNorm
 from sgl_jupyter.kernels.rmsnorm import fused_add_rmsnorm, rmsnorm
 
 
@@ -21,3 +22,8 @@ class RMSNorm(nn.Module):
         if residual is None:
             return rmsnorm(x, self.weight, self.eps)
         return fused_add_rmsnorm(x, residual, self.weight, self.eps)
+
+    def prologue(self, residual: torch.Tensor) -> AddRMSNorm:
+        """This norm of ``x + residual`` as the next projection's prologue (``layers.linear.project``); the
+        sum is ``.residual_out`` after that projection ran."""
+        return AddRMSNorm(residual, self.weight, self.eps)

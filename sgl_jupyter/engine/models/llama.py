@@ -8,9 +8,10 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from sgl_jupyter.kernels.gemv import AddRMSNorm, SiluMul
+
 from ..distributed.parallel_state import TPGroup
 from ..forward_batch import ForwardBatch
-from ..layers.activation import SiluAndMul
 from ..layers.attention import PagedAttention
 from ..layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear, WeightSource,
                              load_replicated)
@@ -37,8 +38,9 @@ class DecoderAttention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if qk_norm else None
         self.attn = PagedAttention(layer_id, self.num_heads, self.num_kv_heads, self.head_dim)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
-        qkv = self.qkv_proj(x)
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, fb: ForwardBatch,
+                prologue: Optional[AddRMSNorm] = None) -> torch.Tensor:
+        qkv = self.qkv_proj(x, prologue)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         T = x.shape[0]
         q = q.reshape(T, self.num_heads, self.head_dim)
@@ -61,10 +63,10 @@ class DecoderMLP(nn.Module):
         bias = bool(getattr(cfg, "mlp_bias", False))
         self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias, tp)
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias, tp)
-        self.act = SiluAndMul()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+    def forward(self, x: torch.Tensor, prologue: Optional[AddRMSNorm] = None) -> torch.Tensor:
+        """down(silu(gate) * up): the activation rides down_proj's GEMV at one row (else its own kernel)."""
+        return self.down_proj(self.gate_up_proj(x, prologue), SiluMul())
 
 
 class DecoderLayer(nn.Module):
@@ -76,13 +78,18 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, positions, x, residual: Optional[torch.Tensor], fb: ForwardBatch):
+        """Each norm (with the residual add) is handed to the projection after it as a prologue: at one row it
+        runs inside that GEMV, otherwise as the fused add + RMSNorm kernel before it."""
         if residual is None:
             residual, x = x, self.input_layernorm(x)
+            x = self.self_attn(positions, x, fb)
         else:
-            x, residual = self.input_layernorm(x, residual)
-        x = self.self_attn(positions, x, fb)
-        x, residual = self.post_attention_layernorm(x, residual)
-        return self.mlp(x), residual
+            pre = self.input_layernorm.prologue(residual)
+            x = self.self_attn(positions, x, fb, pre)
+            residual = pre.residual_out
+        post = self.post_attention_layernorm.prologue(residual)
+        x = self.mlp(x, post)
+        return x, post.residual_out
 
 
 class LlamaForCausalLM(nn.Module):
