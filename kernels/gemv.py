@@ -29,8 +29,8 @@ from .gemv_configs import GemvConfig, config_for
 from .rmsnorm import fused_add_rmsnorm
 
 ENABLED = True  # module switch for A/B measurements (scripts/gpu_experiments.py)
-# the decode prologues (norm and SiLU*mul read inside the next GEMV); SGL_GEMV_PROLOGUES=0 measures without
-FUSE_PROLOGUES = os.environ.get("SGL_GEMV_PROLOGUES", "1") != "0"
+# the decode prologues (norm and SiLU*mul read inside the next GEMV); SGL_DECODE_FUSIONS=0 measures without
+FUSE_PROLOGUES = os.environ.get("SGL_DECODE_FUSIONS", "1") != "0"
 REDUCE_BLOCK = 1024
 
 

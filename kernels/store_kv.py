@@ -1,6 +1,8 @@
 """Scatter this step's K and V rows into the per-layer pool at ``out_cache_loc``, one launch for both.
 
-An fp8 (e4m3) pool stores ``x / scale`` saturated to +-448 (a plain cast of a larger value gives NaN)."""
+An fp8 (e4m3) pool stores ``x / scale`` saturated to +-448 (a plain cast of a larger value gives NaN).
+``rope_store_kv_triton`` also rotates the q and k heads of the fused qkv projection in place first (neox
+rotary, as ``kernels/rope.py``): at one decode row the rotation and the store are one launch, not two."""
 from __future__ import annotations
 
 import os
@@ -10,6 +12,8 @@ import torch
 from ._triton import HAS_TRITON, jit, next_pow2, require_triton, tl, triton, use_triton
 
 FP8_E4M3_MAX = 448.0
+# RoPE + store in one launch (the model's CUDA path); SGL_DECODE_FUSIONS=0 measures the two kernels instead
+FUSE_ROPE = os.environ.get("SGL_DECODE_FUSIONS", "1") != "0"
 
 if HAS_TRITON:
     @triton.jit
@@ -67,6 +71,54 @@ def _store_kv_kernel(K, V, KBuf, VBuf, Loc, stride_kt, stride_kh, stride_vt, str
     tl.store(VBuf + slot * stride_bv + dst, v.to(VBuf.dtype.element_ty), mask=mask)
 
 
+@jit
+def _rope_store_kv_kernel(QKV, KBuf, VBuf, Loc, Pos, Cos, Sin, stride_t, stride_bk, stride_bv, stride_c, stride_s,
+                          HQ, HKV, inv_k_scale, inv_v_scale, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+                          BLOCK_HALF: tl.constexpr, FP8: tl.constexpr, ROUND_FP32: tl.constexpr):
+    """Heads ``[0, HQ)`` are q, ``[HQ, HQ+HKV)`` k, then v (each ``2 * HALF`` wide, one token's row of qkv)."""
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    d = tl.arange(0, BLOCK_HALF)
+    d_ok = d < HALF
+    pos = tl.load(Pos + t).to(tl.int64)
+    slot = tl.load(Loc + t).to(tl.int64)
+    cos = tl.load(Cos + pos * stride_c + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
+    sin = tl.load(Sin + pos * stride_s + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
+    src = QKV + t * stride_t + h[:, None] * (2 * HALF) + d[None, :]
+    rot = (h < HQ + HKV)[:, None] & d_ok[None, :]
+    x1 = tl.load(src, mask=rot, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF, mask=rot, other=0.0).to(tl.float32)
+    y1 = (x1 * cos - x2 * sin).to(QKV.dtype.element_ty)
+    y2 = (x2 * cos + x1 * sin).to(QKV.dtype.element_ty)
+    tl.store(src, y1, mask=rot)  # rotated in place, as kernels/rope.py leaves q and k
+    tl.store(src + HALF, y2, mask=rot)
+    kh = h - HQ
+    is_k = ((kh >= 0) & (kh < HKV))[:, None] & d_ok[None, :]
+    dst_k = KBuf + slot * stride_bk + kh[:, None] * (2 * HALF) + d[None, :]
+    if FP8:
+        k1 = tl.minimum(tl.maximum(y1.to(tl.float32) * inv_k_scale, -448.0), 448.0)
+        k2 = tl.minimum(tl.maximum(y2.to(tl.float32) * inv_k_scale, -448.0), 448.0)
+        if ROUND_FP32:
+            k1, k2 = _round_to_e4m3_grid(k1), _round_to_e4m3_grid(k2)
+        tl.store(dst_k, k1.to(KBuf.dtype.element_ty), mask=is_k)
+        tl.store(dst_k + HALF, k2.to(KBuf.dtype.element_ty), mask=is_k)
+    else:
+        tl.store(dst_k, y1.to(KBuf.dtype.element_ty), mask=is_k)
+        tl.store(dst_k + HALF, y2.to(KBuf.dtype.element_ty), mask=is_k)
+    vh = h - HQ - HKV
+    is_v = ((vh >= 0) & (vh < HKV))[:, None] & d_ok[None, :]
+    dst_v = VBuf + slot * stride_bv + vh[:, None] * (2 * HALF) + d[None, :]
+    v1 = tl.load(src, mask=is_v, other=0.0)
+    v2 = tl.load(src + HALF, mask=is_v, other=0.0)
+    if FP8:
+        v1 = tl.minimum(tl.maximum(v1.to(tl.float32) * inv_v_scale, -448.0), 448.0)
+        v2 = tl.minimum(tl.maximum(v2.to(tl.float32) * inv_v_scale, -448.0), 448.0)
+        if ROUND_FP32:
+            v1, v2 = _round_to_e4m3_grid(v1), _round_to_e4m3_grid(v2)
+    tl.store(dst_v, v1.to(VBuf.dtype.element_ty), mask=is_v)
+    tl.store(dst_v + HALF, v2.to(VBuf.dtype.element_ty), mask=is_v)
+
+
 def _interpreted() -> bool:
     """Triton's interpreter rounds float32 -> e4m3 wrongly (a mantissa carry drops the value to half: 7.75
     -> 4.0): round onto the e4m3 grid first so its cast is exact. Compiled kernels use the hardware cast."""
@@ -93,3 +145,25 @@ def store_kv(k_buffer, v_buffer, loc, k, v, k_scale: float = 1.0, v_scale: float
         store_kv_triton(k_buffer, v_buffer, loc, k, v, k_scale, v_scale)
     else:
         store_kv_ref(k_buffer, v_buffer, loc, k, v, k_scale, v_scale)
+
+
+def rope_store_kv_triton(qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, positions: torch.Tensor,
+                         cos_cache: torch.Tensor, sin_cache: torch.Tensor, k_buffer: torch.Tensor,
+                         v_buffer: torch.Tensor, loc: torch.Tensor, k_scale: float = 1.0,
+                         v_scale: float = 1.0) -> None:
+    """qkv [T, (Hq + 2 Hkv) * D] (rows may be strided, heads contiguous): rotate its q and k heads in place at
+    ``positions`` (cos/sin caches as ``kernels/rope.py`` reads them), then store k and v at ``loc``."""
+    require_triton()
+    T = qkv.shape[0]
+    heads = num_q_heads + 2 * num_kv_heads
+    D = qkv.shape[1] // heads
+    assert qkv.shape[1] == heads * D and D % 2 == 0 and qkv.stride(1) == 1
+    assert k_buffer.is_contiguous() and v_buffer.is_contiguous() and k_buffer.shape[1:] == (num_kv_heads, D)
+    if T == 0:
+        return
+    block_h = min(16, next_pow2(heads))
+    _rope_store_kv_kernel[(T, -(-heads // block_h))](
+        qkv, k_buffer, v_buffer, loc, positions, cos_cache, sin_cache, qkv.stride(0), k_buffer.stride(0),
+        v_buffer.stride(0), cos_cache.stride(0), sin_cache.stride(0), num_q_heads, num_kv_heads, 1.0 / k_scale,
+        1.0 / v_scale, HALF=D // 2, BLOCK_H=block_h, BLOCK_HALF=next_pow2(D // 2), FP8=_is_fp8(k_buffer),
+        ROUND_FP32=_interpreted(), num_warps=4)

@@ -10,8 +10,8 @@
 # gemv-tune (tilings per shape -> kernels/gemv_configs.py entries; TUNE_BUDGET_S), latency-fp8 (bf16 and fp8
 # engines + HF static/compiled, one run), latency-fp8-quick (HF generate peer only), offline-fp8,
 # profile-fp8, accuracy (embedded model fp8 vs bf16: needs the carried model parts). FP8 KV cache:
-# kvfp8-tests (kernels + engine, --kv-cache-dtype fp8_e4m3). prologue-check: the GEMV's norm / SiLU*mul
-# prologues on this GPU (on failure the later stages run with SGL_GEMV_PROLOGUES=0).
+# kvfp8-tests (kernels + engine, --kv-cache-dtype fp8_e4m3). prologue-check: the decode fusions (GEMV norm /
+# SiLU*mul prologues, RoPE + KV store) on this GPU (on failure the later stages run with SGL_DECODE_FUSIONS=0).
 # Results (logs, JSON, tables) go to ${OUT:-artifacts/gpu}.
 #
 # What it needs beside torch/triton/transformers (a bare GPU box has no registry):
@@ -129,10 +129,10 @@ for stage in "${STAGES[@]}"; do
              | tee "$OUT/profile_fp8.txt" ;;
     fp8-tests) gpu_pytest fp8_tests tests/kernels/test_fp8_kernels.py tests/kernels/test_fp8_linear.py \
              tests/kernels/test_gemv_kernel.py tests/gpu ;;
-    prologue-check) gpu_pytest prologue_check tests/kernels/test_gemv_prologue.py
+    prologue-check) gpu_pytest prologue_check tests/kernels/test_gemv_prologue.py tests/kernels/test_rope_store_kv.py
              # later stages measure without the decode prologues when they do not hold here
              grep -q " passed" "$OUT/prologue_check.log" && ! grep -q " failed" "$OUT/prologue_check.log" \
-               || { export SGL_GEMV_PROLOGUES=0; echo "[gpu_run] GEMV prologues off for the next stages" | tee -a "$OUT/warning.txt"; } ;;
+               || { export SGL_DECODE_FUSIONS=0; echo "[gpu_run] decode fusions off for the next stages" | tee -a "$OUT/warning.txt"; } ;;
     kvfp8-tests) gpu_pytest kvfp8_tests tests/kernels/test_kv_fp8_kernels.py tests/gpu/test_kv_fp8.py ;;
     gemv-tune) $TO python3 scripts/gpu_gemv_tune.py --out "$OUT" --budget-s "${TUNE_BUDGET_S:-240}" 2>&1 \
              | tee "$OUT/gemv_tune.txt" ;;

@@ -21,5 +21,6 @@ class AttentionBackend(ABC):
 
     @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, fb: ForwardBatch,
-                kv_pool: KVPool, scale: float) -> torch.Tensor:
-        """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq * D]. Stores k/v at ``fb.out_cache_loc`` first."""
+                kv_pool: KVPool, scale: float, kv_stored: bool = False) -> torch.Tensor:
+        """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq * D]. Stores k/v at ``fb.out_cache_loc`` first, unless
+        ``kv_stored`` (the model's fused RoPE + store kernel put them there)."""

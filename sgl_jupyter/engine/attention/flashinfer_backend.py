@@ -79,11 +79,12 @@ class FlashInferAttnBackend(AttentionBackend):
             fb.attn_metadata = FlashInferMeta(self.prefill_wrapper)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, fb: ForwardBatch,
-                kv_pool: KVPool, scale: float) -> torch.Tensor:
+                kv_pool: KVPool, scale: float, kv_stored: bool = False) -> torch.Tensor:
         if abs(scale - self._scale) > 1e-9 * self._scale:
             raise ValueError(f"FlashInfer was planned with sm_scale {self._scale}, the layer asks {scale}")
         k_buf, v_buf = kv_pool.k_buffers[layer_id], kv_pool.v_buffers[layer_id]
-        store_kv(k_buf, v_buf, fb.out_cache_loc, k, v)
+        if not kv_stored:
+            store_kv(k_buf, v_buf, fb.out_cache_loc, k, v)
         cache = (k_buf.unsqueeze(1), v_buf.unsqueeze(1))  # [slots, page_size=1, Hkv, D]
         out = fb.attn_metadata.wrapper.run(q.contiguous().to(self.dtype), cache)
         return out.to(q.dtype).reshape(out.shape[0], -1)

@@ -51,8 +51,9 @@ class TorchAttnBackend(AttentionBackend):
             fb.attn_metadata = PaddedMeta(q_index, q_valid, k_slots, mask.unsqueeze(1))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, fb: ForwardBatch,
-                kv_pool: KVPool, scale: float) -> torch.Tensor:
-        kv_pool.set_kv(layer_id, fb.out_cache_loc, k, v)
+                kv_pool: KVPool, scale: float, kv_stored: bool = False) -> torch.Tensor:
+        if not kv_stored:
+            kv_pool.set_kv(layer_id, fb.out_cache_loc, k, v)
         m: PaddedMeta = fb.attn_metadata
         B, lq = m.q_index.shape
         qp = q[m.q_index].transpose(1, 2)  # [B, Hq, Lq, D]

@@ -88,10 +88,11 @@ class TritonAttnBackend(AttentionBackend):
             fb.attn_metadata = ExtendMeta(start, max(fb.extend_lens_cpu) if fb.extend_lens_cpu else 0)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, fb: ForwardBatch,
-                kv_pool: KVPool, scale: float) -> torch.Tensor:
+                kv_pool: KVPool, scale: float, kv_stored: bool = False) -> torch.Tensor:
         k_buf, v_buf = kv_pool.k_buffers[layer_id], kv_pool.v_buffers[layer_id]
         ks, vs = kv_pool.k_scales[layer_id], kv_pool.v_scales[layer_id]  # 1.0 unless an fp8 pool
-        store_kv_triton(k_buf, v_buf, fb.out_cache_loc, k, v, ks, vs)
+        if not kv_stored:
+            store_kv_triton(k_buf, v_buf, fb.out_cache_loc, k, v, ks, vs)
         meta = fb.attn_metadata
         if fb.is_decode:
             out = decode_attention_triton(q, k_buf, v_buf, fb.req_to_token, fb.req_pool_indices, fb.seq_lens, scale,

@@ -14,5 +14,7 @@ class PagedAttention(nn.Module):
         self.num_q_heads, self.num_kv_heads, self.head_dim = num_q_heads, num_kv_heads, head_dim
         self.scale = head_dim ** -0.5
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
-        return fb.extra["attn"].forward(q, k, v, self.layer_id, fb, fb.extra["kv_pool"], self.scale)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fb: ForwardBatch,
+                kv_stored: bool = False) -> torch.Tensor:
+        """``kv_stored``: k/v are already in the pool at ``fb.out_cache_loc`` (the RoPE + store kernel)."""
+        return fb.extra["attn"].forward(q, k, v, self.layer_id, fb, fb.extra["kv_pool"], self.scale, kv_stored)

@@ -8,6 +8,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from sgl_jupyter.kernels import store_kv
 from sgl_jupyter.kernels.gemv import AddRMSNorm, SiluMul
 
 from ..distributed.parallel_state import TPGroup
@@ -47,14 +48,21 @@ class DecoderAttention(nn.Module):
         k = k.reshape(T, self.num_kv_heads, self.head_dim)
         v = v.reshape(T, self.num_kv_heads, self.head_dim)
         rope = fb.extra["rope"]
+        stored = False
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
             q, k = rope.apply(q, k)
+        elif rope.in_place and store_kv.FUSE_ROPE:  # one kernel rotates q and k where they lie and stores k, v
+            pool, layer = fb.extra["kv_pool"], self.attn.layer_id
+            store_kv.rope_store_kv_triton(qkv, self.num_heads, self.num_kv_heads, rope.positions, rope.cos_cache,
+                                          rope.sin_cache, pool.k_buffers[layer], pool.v_buffers[layer],
+                                          fb.out_cache_loc, pool.k_scales[layer], pool.v_scales[layer])
+            stored = True
         elif rope.in_place:  # q and k heads are adjacent in qkv: one kernel rotates both where they lie
             rope.rotate_heads_(qkv[:, :self.q_size + self.kv_size].view(T, -1, self.head_dim))
         else:
             q, k = rope.apply(q, k)
-        return self.o_proj(self.attn(q, k, v, fb))
+        return self.o_proj(self.attn(q, k, v, fb, stored))
 
 
 class DecoderMLP(nn.Module):

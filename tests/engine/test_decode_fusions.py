@@ -1,0 +1,67 @@
+"""The model's fused decode path (issue 18) on CPU: the paths the GPU takes at one row (norms and SiLU*mul in
+the GEMV prologues, RoPE + KV store in one kernel, attention told the KV is stored) forced on and run through
+Triton's interpreter, against the plain CPU path on the same tiny checkpoint: the same greedy tokens, through
+decode batches of one (the fused case), batches and prefix-cache hits."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sgl_jupyter.engine.layers import rotary
+from sgl_jupyter.kernels import gemv, store_kv
+from sgl_jupyter.kernels._triton import HAS_TRITON
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON or torch.cuda.is_available(),
+                                reason="forces the CUDA path through Triton's interpreter (CPU with triton only)")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, model_path) -> str:
+    import shutil
+
+    import transformers
+
+    path = tmp_path_factory.mktemp("tiny_llama_fusions")
+    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                   tie_word_embeddings=False, initializer_range=0.25)  # peaked attention: keys matter
+    torch.manual_seed(3)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(str(path), safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(f"{model_path}/{name}", path / name)
+    return str(path)
+
+
+def _run(path: str) -> list[list[int]]:
+    from sgl_jupyter import Engine
+
+    prompts = [[5, 17, 300, 42, 9, 1000, 77], [11, 12, 13], [400] * 20]
+    params = {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True}
+    with Engine(path, device="cpu", max_total_tokens=1024) as eng:
+        one_by_one = [eng.generate(input_ids=p, sampling_params=params)["output_ids"] for p in prompts]
+        batched = [o["output_ids"] for o in eng.generate(input_ids=prompts, sampling_params=params)]
+        assert eng.get_server_info()["kv"]["used"] == 0
+    assert batched == one_by_one
+    return one_by_one
+
+
+def test_fused_decode_path_gives_the_plain_paths_tokens(tiny_llama, monkeypatch):
+    plain = _run(tiny_llama)
+    launches = {"prologue": 0, "rope_store": 0}
+    real_gemv, real_rope_store = gemv.gemv_triton, store_kv.rope_store_kv_triton
+
+    def counted_gemv(*a, **kw):
+        launches["prologue"] += kw.get("prologue") is not None
+        return real_gemv(*a, **kw)
+
+    def counted_rope_store(*a, **kw):
+        launches["rope_store"] += 1
+        return real_rope_store(*a, **kw)
+
+    monkeypatch.setattr(gemv, "fusable", lambda x, w: x.dim() == 2 and x.shape[0] == 1)  # "one CUDA row"
+    monkeypatch.setattr(gemv, "gemv_triton", counted_gemv)
+    monkeypatch.setattr(store_kv, "rope_store_kv_triton", counted_rope_store)
+    monkeypatch.setattr(rotary.RopeForBatch, "in_place", property(lambda self: True))  # the CUDA rope path
+    fused = _run(tiny_llama)
+    assert launches["prologue"] > 0 and launches["rope_store"] > 0
+    assert fused == plain
