@@ -12,7 +12,8 @@
 # profile-fp8, accuracy (embedded model fp8 vs bf16: needs the carried model parts). FP8 KV cache:
 # kvfp8-tests (kernels + engine, --kv-cache-dtype fp8_e4m3). prologue-check: the decode fusions (GEMV norm /
 # SiLU*mul prologues, RoPE + KV store) on this GPU (on failure the later stages run with SGL_DECODE_FUSIONS=0).
-# Results (logs, JSON, tables) go to ${OUT:-artifacts/gpu}.
+# Results (logs, JSON, tables) go to ${OUT:-artifacts/gpu}. ATTN=triton runs the benches on that attention
+# backend (e.g. to skip FlashInfer's ~95 s JIT in a short call).
 #
 # What it needs beside torch/triton/transformers (a bare GPU box has no registry):
 #   .whl/   wheels to install (flashinfer-python, apache-tvm-ffi, xgrammar, pydantic, gguf, ...): docs/gpu.md
@@ -69,7 +70,7 @@ TOKARGS=()
 [ -f .tok/tokenizer.json ] && { TOKARGS=(--tokenizer-path .tok); export SGL_TOK=.tok; }
 bench() {  # bench NAME ARGS...: table on stdout and in $OUT/NAME.txt, JSON in $OUT
   local name=$1; shift
-  $TO python3 -m sgl_jupyter.bench "$@" "${TOKARGS[@]}" --out "$OUT" 2>&1 | grep -v "it/s\]$" | tee "$OUT/$name.txt"
+  $TO python3 -m sgl_jupyter.bench "$@" "${TOKARGS[@]}" ${ATTN:+--attention-backend "$ATTN"} --out "$OUT" 2>&1 | grep -v "it/s\]$" | tee "$OUT/$name.txt"
 }
 gpu_pytest() {  # gpu_pytest LOGNAME PATHS...; extra pytest arguments in $PYTEST_ARGS, a -k expression in $PYTEST_K
   local name=$1; shift
@@ -109,7 +110,7 @@ for stage in "${STAGES[@]}"; do
     tests) gpu_pytest tests tests/kernels tests/engine/test_gpu_engine.py tests/engine/test_gpu_memory.py ;;
     kernel-tests) gpu_pytest kernel_tests tests/kernels ;;
     engine-tests) gpu_pytest engine_tests tests/engine/test_gpu_engine.py tests/engine/test_gpu_memory.py ;;
-    latency) bench latency latency --model-path llama3-8b --load-format dummy --peers hf ;;
+    latency) bench latency latency --model-path llama3-8b --load-format dummy --peers hf,unfused ;;
     latency-static) bench latency_static latency --model-path llama3-8b --load-format dummy --peers hf,hf_static ;;
     latency-qwen) bench latency_qwen latency --model-path qwen2-7b --load-format dummy --peers hf ;;
     offline) bench offline offline --model-path llama3-8b --load-format dummy --num-requests 512 \
@@ -139,7 +140,7 @@ for stage in "${STAGES[@]}"; do
     latency-fp8) bench latency_fp8 latency --model-path llama3-8b --load-format dummy --quantization fp8 \
              --peers hf_static ;;
     latency-fp8-quick) bench latency_fp8 latency --model-path llama3-8b --load-format dummy --quantization fp8 \
-             --peers hf ;;
+             --peers hf,unfused ;;
     offline-fp8) bench offline_fp8 offline --model-path llama3-8b --load-format dummy --num-requests 512 \
              --hf-batch-size 64 --quantization fp8 ;;
     offline-gb-fp8) bench offline_gb_fp8 offline --model-path llama3-8b --load-format dummy --num-requests 512 \

@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                                                        "sgl_jupyter.engine.quantization (default: dense --dtype)")
     p.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
                    help="KV cache element type (fp8_e4m3: half the bytes of bf16; the engine's own choices)")
+    p.add_argument("--attention-backend", default="auto", help="the engine's attention backend (auto, flashinfer, "
+                                                               "triton, torch)")
     p.add_argument("--num-requests", type=int, default=64)
     p.add_argument("--hf-batch-size", type=int, default=64)
     p.add_argument("--hf-generate-batch", action="store_true")
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_argument_group("latency")
     g.add_argument("--input-len", type=int, default=128)
     g.add_argument("--output-len", type=int, default=128)
-    g.add_argument("--peers", default=None, help="latency: comma-separated HF peers: hf, hf_static")
+    g.add_argument("--peers", default=None, help="latency: comma-separated peers: hf, hf_static (HF), unfused (the "
+                                                "engine without its decode fusions)")
     p.add_argument("--url", default=None, help="serving: the server's base URL")
     g = p.add_argument_group("sharegpt / serving --request-rates (ShareGPT-like lengths)")
     g.add_argument("--modes", default=None, help="sharegpt: comma-separated greedy,sampled")
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         args.engine_kwargs["quantization"] = args.quantization
     if args.kv_cache_dtype != "auto":
         args.engine_kwargs["kv_cache_dtype"] = args.kv_cache_dtype
+    if args.attention_backend != "auto":
+        args.engine_kwargs["attention_backend"] = args.attention_backend
     df = BENCHES[args.name](args)
     import pandas as pd
 

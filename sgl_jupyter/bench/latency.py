@@ -6,10 +6,13 @@ tokens/s <= HBM bandwidth / weight bytes. The bandwidth is measured here, by a l
 copy (bytes read + written over time), not taken from a datasheet. Peers (``--peers``):
 - ``hf``: ``model.generate`` with the default dynamic cache;
 - ``hf_static``: ``cache_implementation="static"`` + ``CompileConfig(mode="max-autotune-no-cudagraphs")``,
-  the strongest plain-HF path (compiles for minutes the first time).
+  the strongest plain-HF path (compiles for minutes the first time);
+- ``unfused``: this engine again with its decode fusions off (GEMV norm / SiLU*mul prologues, RoPE + KV
+  store), so what they are worth is measured in the same run.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +148,20 @@ def _engine_rows(cfg: LatencyConfig, model_path, ids_fn, kwargs: dict, label: st
             torch.cuda.empty_cache()
 
 
+@contextlib.contextmanager
+def decode_fusions(on: bool):
+    """The GEMV prologues and the RoPE + KV store kernel on or off for engines built inside (their decode graphs
+    capture whichever kernels run at capture time)."""
+    from sgl_jupyter.kernels import gemv, store_kv
+
+    saved = gemv.FUSE_PROLOGUES, store_kv.FUSE_ROPE
+    gemv.FUSE_PROLOGUES = store_kv.FUSE_ROPE = on
+    try:
+        yield
+    finally:
+        gemv.FUSE_PROLOGUES, store_kv.FUSE_ROPE = saved
+
+
 def _say(row: dict) -> None:
     """One measured row as soon as it exists (a long GPU run that dies later still shows it)."""
     print(f"[latency] {row['system']}: {row['decode_tok_per_s']:.1f} decode tok/s, TTFT {row['ttft_ms']:.1f} ms",
@@ -189,6 +206,13 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
             rows.append(qrow)
             roofs.append((quant, qinfo["wbytes"]))
             info["quantized_fused_decode"] = qinfo["cpu_fused_decode"]
+    if "unfused" in peers:  # the dense engine again with the decode fusions off: what they are worth, same run
+        with decode_fusions(False):
+            urow, _ = _engine_rows(cfg, model_path, lambda eng: ids, kwargs, "sgl_jupyter engine (no decode fusions)",
+                                   bar)
+        _say(urow)
+        rows.append(urow)
+        peers.remove("unfused")
     if "llama_cpp" in peers:
         from sgl_jupyter.engine.gguf_blocks import find_gguf_for
 
@@ -213,7 +237,7 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
                 extra = {"cache_implementation": "static",
                          "compile_config": CompileConfig(mode="max-autotune-no-cudagraphs")}
             elif peer != "hf":
-                raise ValueError(f"unknown peer {peer!r}; choose hf, hf_static")
+                raise ValueError(f"unknown peer {peer!r}; choose hf, hf_static, unfused")
             _hf_trial(hf, ids, 8, **extra)  # warm-up (and the compile, for hf_static)
             bar.update()
             trials = []
