@@ -110,7 +110,7 @@ for stage in "${STAGES[@]}"; do
     tests) gpu_pytest tests tests/kernels tests/engine/test_gpu_engine.py tests/engine/test_gpu_memory.py ;;
     kernel-tests) gpu_pytest kernel_tests tests/kernels ;;
     engine-tests) gpu_pytest engine_tests tests/engine/test_gpu_engine.py tests/engine/test_gpu_memory.py ;;
-    latency) bench latency latency --model-path llama3-8b --load-format dummy --peers hf,unfused ;;
+    latency) bench latency latency --model-path llama3-8b --load-format dummy --peers "${LAT_PEERS:-hf,unfused}" ;;
     latency-static) bench latency_static latency --model-path llama3-8b --load-format dummy --peers hf,hf_static ;;
     latency-qwen) bench latency_qwen latency --model-path qwen2-7b --load-format dummy --peers hf ;;
     offline) bench offline offline --model-path llama3-8b --load-format dummy --num-requests 512 \
@@ -140,7 +140,7 @@ for stage in "${STAGES[@]}"; do
     latency-fp8) bench latency_fp8 latency --model-path llama3-8b --load-format dummy --quantization fp8 \
              --peers hf_static ;;
     latency-fp8-quick) bench latency_fp8 latency --model-path llama3-8b --load-format dummy --quantization fp8 \
-             --peers hf,unfused ;;
+             --peers "${LAT_PEERS:-hf,unfused}" ;;
     offline-fp8) bench offline_fp8 offline --model-path llama3-8b --load-format dummy --num-requests 512 \
              --hf-batch-size 64 --quantization fp8 ;;
     offline-gb-fp8) bench offline_gb_fp8 offline --model-path llama3-8b --load-format dummy --num-requests 512 \
