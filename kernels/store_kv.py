@@ -26,6 +26,15 @@ if HAS_TRITON:
         r = (x + c) - c
         return tl.where(r == 0.0, x * 0.0, r)  # an underflow keeps its sign (-0.0), as the cast gives
 
+    @triton.jit
+    def _pool_value(x, inv_scale, FP8: tl.constexpr, ROUND_FP32: tl.constexpr):
+        """``x`` as the pool keeps it (before the store's cast): an fp8 pool's ``x / scale`` saturated to +-448."""
+        if FP8:
+            x = tl.minimum(tl.maximum(x.to(tl.float32) * inv_scale, -448.0), 448.0)
+            if ROUND_FP32:
+                x = _round_to_e4m3_grid(x)
+        return x
+
 
 def _is_fp8(buffer: torch.Tensor) -> bool:
     return buffer.dtype == torch.float8_e4m3fn
@@ -58,17 +67,11 @@ def _store_kv_kernel(K, V, KBuf, VBuf, Loc, stride_kt, stride_kh, stride_vt, str
     mask = (offs_h < H)[:, None] & (offs_d < D)[None, :]
     dst = offs_h[:, None] * D + offs_d[None, :]  # pool rows are contiguous [H, D]
     k = tl.load(K + t * stride_kt + offs_h[:, None] * stride_kh + offs_d[None, :], mask=mask)
-    if FP8:
-        k = tl.minimum(tl.maximum(k.to(tl.float32) * inv_k_scale, -448.0), 448.0)
-        if ROUND_FP32:
-            k = _round_to_e4m3_grid(k)
-    tl.store(KBuf + slot * stride_bk + dst, k.to(KBuf.dtype.element_ty), mask=mask)
+    tl.store(KBuf + slot * stride_bk + dst, _pool_value(k, inv_k_scale, FP8, ROUND_FP32).to(KBuf.dtype.element_ty),
+             mask=mask)
     v = tl.load(V + t * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=mask)
-    if FP8:
-        v = tl.minimum(tl.maximum(v.to(tl.float32) * inv_v_scale, -448.0), 448.0)
-        if ROUND_FP32:
-            v = _round_to_e4m3_grid(v)
-    tl.store(VBuf + slot * stride_bv + dst, v.to(VBuf.dtype.element_ty), mask=mask)
+    tl.store(VBuf + slot * stride_bv + dst, _pool_value(v, inv_v_scale, FP8, ROUND_FP32).to(VBuf.dtype.element_ty),
+             mask=mask)
 
 
 @jit
@@ -95,28 +98,15 @@ def _rope_store_kv_kernel(QKV, KBuf, VBuf, Loc, Pos, Cos, Sin, stride_t, stride_
     kh = h - HQ
     is_k = ((kh >= 0) & (kh < HKV))[:, None] & d_ok[None, :]
     dst_k = KBuf + slot * stride_bk + kh[:, None] * (2 * HALF) + d[None, :]
-    if FP8:
-        k1 = tl.minimum(tl.maximum(y1.to(tl.float32) * inv_k_scale, -448.0), 448.0)
-        k2 = tl.minimum(tl.maximum(y2.to(tl.float32) * inv_k_scale, -448.0), 448.0)
-        if ROUND_FP32:
-            k1, k2 = _round_to_e4m3_grid(k1), _round_to_e4m3_grid(k2)
-        tl.store(dst_k, k1.to(KBuf.dtype.element_ty), mask=is_k)
-        tl.store(dst_k + HALF, k2.to(KBuf.dtype.element_ty), mask=is_k)
-    else:
-        tl.store(dst_k, y1.to(KBuf.dtype.element_ty), mask=is_k)
-        tl.store(dst_k + HALF, y2.to(KBuf.dtype.element_ty), mask=is_k)
+    tl.store(dst_k, _pool_value(y1, inv_k_scale, FP8, ROUND_FP32).to(KBuf.dtype.element_ty), mask=is_k)
+    tl.store(dst_k + HALF, _pool_value(y2, inv_k_scale, FP8, ROUND_FP32).to(KBuf.dtype.element_ty), mask=is_k)
     vh = h - HQ - HKV
     is_v = ((vh >= 0) & (vh < HKV))[:, None] & d_ok[None, :]
     dst_v = VBuf + slot * stride_bv + vh[:, None] * (2 * HALF) + d[None, :]
     v1 = tl.load(src, mask=is_v, other=0.0)
     v2 = tl.load(src + HALF, mask=is_v, other=0.0)
-    if FP8:
-        v1 = tl.minimum(tl.maximum(v1.to(tl.float32) * inv_v_scale, -448.0), 448.0)
-        v2 = tl.minimum(tl.maximum(v2.to(tl.float32) * inv_v_scale, -448.0), 448.0)
-        if ROUND_FP32:
-            v1, v2 = _round_to_e4m3_grid(v1), _round_to_e4m3_grid(v2)
-    tl.store(dst_v, v1.to(VBuf.dtype.element_ty), mask=is_v)
-    tl.store(dst_v + HALF, v2.to(VBuf.dtype.element_ty), mask=is_v)
+    tl.store(dst_v, _pool_value(v1, inv_v_scale, FP8, ROUND_FP32).to(VBuf.dtype.element_ty), mask=is_v)
+    tl.store(dst_v + HALF, _pool_value(v2, inv_v_scale, FP8, ROUND_FP32).to(VBuf.dtype.element_ty), mask=is_v)
 
 
 def _interpreted() -> bool:

@@ -17,13 +17,14 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "sm90_compile_check.p
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
-def test_decode_kernels_compile_for_sm90():
+def test_decode_kernels_compile_for_sm90(tmp_path):
     import triton
 
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
         pytest.skip("no ptxas in this triton install")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compiled now, not found in a cache
     out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert sum(line.startswith("ok ") for line in out.stdout.splitlines()) == 16, out.stdout  # every case
