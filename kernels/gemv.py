@@ -99,6 +99,9 @@ class SiluMul:
     def unfused(self, x: torch.Tensor) -> torch.Tensor:
         return silu_and_mul(x)
 
+    def fits(self, x: torch.Tensor) -> bool:
+        return True
+
 
 @dataclass
 class AddRMSNorm:
@@ -113,6 +116,11 @@ class AddRMSNorm:
     def unfused(self, x: torch.Tensor) -> torch.Tensor:
         h, self.residual_out = fused_add_rmsnorm(x, self.residual, self.weight, self.eps)
         return h
+
+    def fits(self, x: torch.Tensor) -> bool:
+        """The kernel rounds in x's dtype throughout: a norm weight of another dtype (whose product the separate
+        kernel would promote) takes the unfused path."""
+        return self.weight.dtype == self.residual.dtype == x.dtype and self.residual.shape == x.shape
 
 
 Prologue = Union[SiluMul, AddRMSNorm]

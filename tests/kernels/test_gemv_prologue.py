@@ -118,3 +118,21 @@ def test_prologues_at_llama3_8b_shapes_cuda(n, k):
         out.copy_(gemv.gemv_triton(x, w, prologue=gemv.AddRMSNorm(r, nw, 1e-5)))
     graph.replay()
     torch.testing.assert_close(out, got, rtol=0, atol=0)
+
+
+def test_a_norm_weight_of_another_dtype_takes_the_unfused_path(interp_device, monkeypatch):
+    """fp32 norm weight, bf16 rows: the separate kernel promotes the product, the prologue would not: unfused."""
+    monkeypatch.setattr(gemv, "fusable", lambda x, w: True)
+    real = gemv.gemv_triton
+    monkeypatch.setattr(gemv, "gemv_triton", lambda *a, **kw: pytest.fail("fused") if kw.get("prologue")
+                        else real(*a, **kw))
+    _, x, r, nw = _inputs(40, 64, interp_device, torch.bfloat16, 5)
+    assert gemv.AddRMSNorm(r, nw, 1e-6).fits(x) and not gemv.AddRMSNorm(r, nw.float(), 1e-6).fits(x)
+    layer = ColumnParallelLinear(64, [40], bias=False).to(interp_device, torch.float32)
+    for p in layer.parameters():
+        p.data.normal_()
+    pro = gemv.AddRMSNorm(r, nw.float(), 1e-6)
+    y = layer(x, pro)  # unfused: the norm promotes to float32, the layer multiplies in float32
+    alone = gemv.AddRMSNorm(r, nw.float(), 1e-6)
+    h = alone.unfused(x)
+    assert torch.equal(pro.residual_out, alone.residual_out) and torch.equal(y, F.linear(h, layer.weight))

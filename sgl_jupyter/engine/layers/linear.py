@@ -73,7 +73,7 @@ def project(layer: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor],
     elsewhere it runs as its own kernel first."""
     qm = layer.quant_method
     if prologue is not None:
-        if (qm is None or qm.name == "fp8") and gemv.fusable(x, layer.weight):
+        if (qm is None or qm.name == "fp8") and gemv.fusable(x, layer.weight) and prologue.fits(x):
             return gemv.gemv_triton(x, layer.weight, bias, scale=None if qm is None else layer.weight_scale,
                                     prologue=prologue)
         x = prologue.unfused(x)
