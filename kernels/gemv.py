@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ._triton import jit, next_pow2, require_triton, tl, triton, use_triton
 from .activation import silu_and_mul
-from .gemv_configs import GemvConfig, config_for
+from .gemv_configs import GemvConfig, config_for, prologue_pays
 from .rmsnorm import fused_add_rmsnorm
 
 ENABLED = True  # module switch for A/B measurements (scripts/gpu_experiments.py)
@@ -172,9 +172,11 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 
 def fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``x @ weight.T`` runs on the one-row Triton GEMV, so a prologue can ride it: one half-precision
-    CUDA row, a weight with unit column stride (bf16/fp16, or fp8 with its scale), fusion switched on."""
+    CUDA row, a weight with unit column stride (bf16/fp16, or fp8 with its scale), fusion switched on and not
+    measured slower for this shape on this GPU (``gemv_configs.PROLOGUE_SLOWER``)."""
     return (ENABLED and FUSE_PROLOGUES and x.dim() == 2 and x.shape[0] == 1 and use_triton(x)
-            and weight.stride(1) == 1 and x.dtype in (torch.bfloat16, torch.float16))
+            and weight.stride(1) == 1 and x.dtype in (torch.bfloat16, torch.float16)
+            and prologue_pays(*weight.shape, weight.element_size(), x.device.index))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:

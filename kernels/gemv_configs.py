@@ -39,6 +39,15 @@ MEASURED: dict[str, dict[tuple[int, int, int], GemvConfig]] = {
     "H200": {},
 }
 
+# GPU name fragment -> {(N, K, weight element bytes)} where scripts/gpu_gemv_tune.py measured the decode prologue
+# (norm or SiLU*mul in the GEMV's load of x) slower than its own kernel before the GEMV: those shapes keep the
+# separate kernel. Each program of a norm prologue reads the whole row from L2 first, which a shape with many
+# programs may not repay; unmeasured shapes fuse.
+PROLOGUE_SLOWER: dict[str, set[tuple[int, int, int]]] = {
+    "H100": set(),
+    "H200": set(),
+}
+
 PROGRAMS_PER_SM = 4  # heuristic target: enough row blocks x K splits in flight to cover HBM latency
 
 
@@ -83,3 +92,10 @@ def config_for(n: int, k: int, elem_bytes: int, device_index: Optional[int]) -> 
     """The measured entry for this GPU and shape, else the heuristic (cached: called on every launch)."""
     info = device_info(device_index)
     return lookup(info.name, n, k, elem_bytes) or heuristic(n, k, elem_bytes, info.sm_count)
+
+
+@functools.lru_cache(maxsize=1024)
+def prologue_pays(n: int, k: int, elem_bytes: int, device_index: Optional[int]) -> bool:
+    """Whether this GPU runs a prologue inside the (N, K) GEMV (not measured slower there)."""
+    name = device_info(device_index).name
+    return not any(fragment in name and (n, k, elem_bytes) in shapes for fragment, shapes in PROLOGUE_SLOWER.items())

@@ -4,7 +4,9 @@ Every candidate (rows per program x bytes per row load x K splits, warps by tile
 graph of back-to-back launches, as decode does, over enough copies of the weight that the L2 cache (50 MB
 on an H200) never serves it: each launch reads its weight from HBM, as each layer does in a real step.
 Reported per shape and weight dtype (bf16, fp8 e4m3): the best tiling's TB/s, the table's current choice
-and the old fixed tiling (8 rows, K tile 1024, 8 warps), so a change is adopted only on a measurement.
+and the old fixed tiling (8 rows, K tile 1024, 8 warps), so a change is adopted only on a measurement; for
+the qkv, gate_up and down shapes also the decode prologue fused into the GEMV against its own kernel first
+(``PROLOGUE_SLOWER`` entries for the shapes where fusing lost).
 Usage: python scripts/gpu_gemv_tune.py [--out DIR] [--budget-s 240]
 """
 from __future__ import annotations
@@ -38,12 +40,8 @@ def candidates(n: int, k: int, elem: int) -> list[GemvConfig]:
     return out
 
 
-def time_config(xs, ws, scales, cfg: GemvConfig, launches: int = 8, iters: int = 20) -> float:
-    """Seconds per GEMV: a graph of ``launches`` GEMVs on rotating weight copies, replayed ``iters`` times."""
-    def step(i):
-        w = ws[i % len(ws)]
-        gemv.gemv_triton(xs, w, scale=scales[i % len(ws)] if scales else None, config=cfg)
-
+def time_graph(step, launches: int = 8, iters: int = 20) -> float:
+    """Seconds per ``step(i)``: a graph of ``launches`` steps (rotating weight copies), replayed ``iters`` times."""
     for i in range(2):
         step(i)
     torch.cuda.synchronize()
@@ -62,6 +60,31 @@ def time_config(xs, ws, scales, cfg: GemvConfig, launches: int = 8, iters: int =
     return start.elapsed_time(end) / 1e3 / (iters * launches)
 
 
+def time_config(xs, ws, scales, cfg: GemvConfig) -> float:
+    """Seconds per GEMV with tiling ``cfg``."""
+    return time_graph(lambda i: gemv.gemv_triton(xs, ws[i % len(ws)], scale=scales[i % len(ws)] if scales else None,
+                                                 config=cfg))
+
+
+# the decode prologues per projection shape: the norm before qkv / gate_up, SiLU*mul before down
+PROLOGUE_SHAPES = {(6144, 4096): "norm", (28672, 4096): "norm", (4096, 14336): "silu"}
+
+
+def time_prologue(kind: str, k: int, ws, scales, fused: bool) -> float:
+    """Seconds per prologue + GEMV (the table's tiling), fused into the GEMV's load or as its own kernel first."""
+    x = torch.randn(1, 2 * k if kind == "silu" else k, device="cuda", dtype=torch.bfloat16)
+    r, nw = torch.randn_like(x), torch.randn(k, device="cuda", dtype=torch.bfloat16)
+
+    def step(i):
+        pro = gemv.SiluMul() if kind == "silu" else gemv.AddRMSNorm(r, nw, 1e-5)
+        w, sc = ws[i % len(ws)], scales[i % len(ws)] if scales else None
+        if fused:
+            gemv.gemv_triton(x, w, scale=sc, prologue=pro)
+        else:
+            gemv.gemv_triton(pro.unfused(x), w, scale=sc)
+    return time_graph(step)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="artifacts/gpu")
@@ -70,7 +93,7 @@ def main() -> None:
     deadline = time.monotonic() + a.budget_s
     name = torch.cuda.get_device_name(0)
     res: dict = {"gpu": name, "copy_TBps": copy_bandwidth(torch.device("cuda")) / 1e12, "shapes": []}
-    entries = []
+    entries, slower = [], []
     for n, k in SHAPES:
         for elem, label in ((2, "bf16"), (1, "fp8")):
             if elem == 1 and n == SHAPES[-1][0]:
@@ -104,6 +127,14 @@ def main() -> None:
             res["shapes"].append({"dtype": label, "n": n, "k": k, "best": best, "table": table_cfg.__dict__,
                                   "table_TBps": nbytes / current / 1e12, "old_fixed_TBps": nbytes / old / 1e12,
                                   "all": rows})
+            if (n, k) in PROLOGUE_SHAPES:  # what the decode fusion is worth at this shape (the table's tiling)
+                kind = PROLOGUE_SHAPES[(n, k)]
+                fused, alone = (time_prologue(kind, k, ws, scales, f) for f in (True, False))
+                res["shapes"][-1]["prologue"] = {"kind": kind, "fused_us": fused * 1e6, "unfused_us": alone * 1e6}
+                print(f"{label} {n}x{k} {kind} prologue: fused {fused * 1e6:.1f} us | own kernel first "
+                      f"{alone * 1e6:.1f} us", flush=True)
+                if fused > alone:
+                    slower.append(f"        ({n}, {k}, {elem}),  # fused {fused * 1e6:.1f} us > {alone * 1e6:.1f}")
             c = best["config"]
             entries.append(f"        ({n}, {k}, {elem}): GemvConfig({c['block_n']}, {c['block_k']}, {c['split_k']}, "
                            f"{c['num_warps']}),  # {best['TBps']:.2f} TB/s")
@@ -115,6 +146,8 @@ def main() -> None:
     text = f'    "{key}": {{  # scripts/gpu_gemv_tune.py on {name}\n' + "\n".join(entries) + "\n    },"
     print(text)
     res["measured_entries"] = text
+    res["prologue_slower_entries"] = f'    "{key}": {{\n' + "\n".join(slower) + "\n    },"
+    print("PROLOGUE_SLOWER entries:\n" + res["prologue_slower_entries"])
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "gemv_tune.json").write_text(json.dumps(res, indent=1))
 

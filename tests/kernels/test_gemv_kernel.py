@@ -76,3 +76,16 @@ def test_gemv_llama3_8b_shapes_cuda(n, k):
     x.copy_(torch.randn_like(x))
     graph.replay()
     _check(x, w, b, out)
+
+
+def test_prologue_table_keeps_measured_slower_shapes_unfused(monkeypatch):
+    from sgl_jupyter.kernels import gemv_configs as gc
+
+    monkeypatch.setattr(gc, "device_info", lambda index: gc.DeviceInfo("NVIDIA H200", 132))
+    monkeypatch.setitem(gc.PROLOGUE_SLOWER, "H200", {(28672, 4096, 2)})
+    gc.prologue_pays.cache_clear()
+    try:
+        assert not gc.prologue_pays(28672, 4096, 2, 0)
+        assert gc.prologue_pays(28672, 4096, 1, 0) and gc.prologue_pays(6144, 4096, 2, 0)  # fp8 / other shapes
+    finally:
+        gc.prologue_pays.cache_clear()
