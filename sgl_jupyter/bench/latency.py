@@ -251,6 +251,9 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
     bar.close()
     if device.type == "cuda":
         bw = copy_bandwidth(device)
+        for row in rows:  # the dense engine without its fusions reads the dense weights
+            if row["system"].endswith("(no decode fusions)"):
+                row["of_roofline"] = row["decode_tok_per_s"] * wbytes / bw
         for i, (variant, nbytes) in enumerate(roofs):  # engine rows come first, in the order of roofs
             rows[i]["of_roofline"] = rows[i]["decode_tok_per_s"] * nbytes / bw
             rows.append({"system": f"roofline{' ' + variant if variant else ''} ({nbytes / 1e9:.2f} GB weights / "
