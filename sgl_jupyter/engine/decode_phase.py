@@ -27,8 +27,9 @@ class DecodePhase:
         if not self.running:
             return []
         need = self._decode_need()
-        if self.kv_pool.free_size < need:
-            self.cache.evict(need - self.kv_pool.free_size)
+        if self.kv_pool.free_size >= need:  # the common case: one pass over the running requests
+            return list(self.running)
+        self.cache.evict(need - self.kv_pool.free_size)
         if self.kv_pool.free_size < self._decode_need():
             for req in self.running:  # drafts are optional: drop them before taking anyone's KV
                 req.drop_drafts()
