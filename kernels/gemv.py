@@ -23,7 +23,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from ._triton import jit, next_pow2, require_triton, tl, triton, use_triton
+from ._triton import HAS_TRITON, jit, next_pow2, require_triton, tl, triton, use_triton
 from .activation import silu_and_mul
 from .gemv_configs import GemvConfig, config_for, prologue_pays
 from .rmsnorm import fused_add_rmsnorm
@@ -34,13 +34,33 @@ FUSE_PROLOGUES = os.environ.get("SGL_DECODE_FUSIONS", "1") != "0"
 REDUCE_BLOCK = 1024
 
 
+if HAS_TRITON:
+    @triton.jit
+    def _gemv_x(X, R, NW, rk, k_ok, K, rstd, PROLOGUE: tl.constexpr):
+        """The GEMV's input at ``rk``: x itself, or what the prologue makes of it (rounded as the separate kernels
+        round)."""
+        x = tl.load(X + rk, mask=k_ok, other=0.0)
+        if PROLOGUE == 1:  # SiLU(gate) * up over X = [gate | up], as kernels/activation.py
+            u = tl.load(X + K + rk, mask=k_ok, other=0.0)
+            g = x.to(tl.float32)
+            x = ((g / (1.0 + tl.exp(-g))).to(X.dtype.element_ty).to(tl.float32) * u.to(tl.float32)).to(
+                X.dtype.element_ty)
+        if PROLOGUE == 2:  # as kernels/rmsnorm.py: sum, normed row, times the norm weight
+            r = tl.load(R + rk, mask=k_ok, other=0.0)
+            sk = (x.to(tl.float32) + r.to(tl.float32)).to(X.dtype.element_ty).to(tl.float32)
+            nw = tl.load(NW + rk, mask=k_ok, other=0.0).to(tl.float32)
+            x = ((sk * rstd).to(X.dtype.element_ty).to(tl.float32) * nw).to(X.dtype.element_ty)
+        return x
+
+
 @jit
 def _gemv_kernel(W, S, X, B, Y, P, R, NW, RO, N, K, stride_w, K_PER_SPLIT, eps, HAS_SCALE: tl.constexpr,
                  HAS_BIAS: tl.constexpr, PROLOGUE: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, BLOCK_ROW: tl.constexpr):
+                 BLOCK_K: tl.constexpr, BLOCK_ROW: tl.constexpr, PREFETCH: tl.constexpr):
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1) * K_PER_SPLIT
     n_ok = rn < N
+    rstd = 0.0
     if PROLOGUE == 2:  # add + RMSNorm: every program needs the whole row's 1/rms (the row is a few KiB, in L2)
         rr = tl.arange(0, BLOCK_ROW)
         r_ok = rr < K
@@ -50,24 +70,26 @@ def _gemv_kernel(W, S, X, B, Y, P, R, NW, RO, N, K, stride_w, K_PER_SPLIT, eps, 
             tl.store(RO + rr, srow, mask=r_ok)  # the new residual, written once
         sf = srow.to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(sf * sf, 0) / K + eps)
+    w_rows = W + rn[:, None].to(tl.int64) * stride_w
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K_PER_SPLIT, BLOCK_K):
-        rk = k_start + k0 + tl.arange(0, BLOCK_K)
-        k_ok = rk < K
-        w = tl.load(W + rn[:, None].to(tl.int64) * stride_w + rk[None, :], mask=n_ok[:, None] & k_ok[None, :],
-                    other=0.0)
-        x = tl.load(X + rk, mask=k_ok, other=0.0)
-        if PROLOGUE == 1:  # SiLU(gate) * up over X = [gate | up], rounded as kernels/activation.py rounds
-            u = tl.load(X + K + rk, mask=k_ok, other=0.0)
-            g = x.to(tl.float32)
-            x = ((g / (1.0 + tl.exp(-g))).to(X.dtype.element_ty).to(tl.float32) * u.to(tl.float32)).to(
-                X.dtype.element_ty)
-        if PROLOGUE == 2:  # rounded as kernels/rmsnorm.py rounds: sum, normed row, times the norm weight
-            r = tl.load(R + rk, mask=k_ok, other=0.0)
-            sk = (x.to(tl.float32) + r.to(tl.float32)).to(X.dtype.element_ty).to(tl.float32)
-            nw = tl.load(NW + rk, mask=k_ok, other=0.0).to(tl.float32)
-            x = ((sk * rstd).to(X.dtype.element_ty).to(tl.float32) * nw).to(X.dtype.element_ty)
-        acc += w.to(tl.float32) * x[None, :].to(tl.float32)
+    if PREFETCH:  # the next weight tile is loaded before this one is used: twice the bytes in flight
+        k_end = tl.minimum(K, k_start + K_PER_SPLIT)  # this split's end
+        rk = k_start + tl.arange(0, BLOCK_K)
+        w = tl.load(w_rows + rk[None, :], mask=n_ok[:, None] & (rk < k_end)[None, :], other=0.0)
+        for k0 in range(0, K_PER_SPLIT, BLOCK_K):
+            rk = k_start + k0 + tl.arange(0, BLOCK_K)
+            nk = rk + BLOCK_K
+            w_next = tl.load(w_rows + nk[None, :], mask=n_ok[:, None] & (nk < k_end)[None, :], other=0.0)
+            x = _gemv_x(X, R, NW, rk, rk < K, K, rstd, PROLOGUE)
+            acc += w.to(tl.float32) * x[None, :].to(tl.float32)
+            w = w_next
+    else:
+        for k0 in range(0, K_PER_SPLIT, BLOCK_K):
+            rk = k_start + k0 + tl.arange(0, BLOCK_K)
+            k_ok = rk < K
+            w = tl.load(w_rows + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            x = _gemv_x(X, R, NW, rk, k_ok, K, rstd, PROLOGUE)
+            acc += w.to(tl.float32) * x[None, :].to(tl.float32)
     y = tl.sum(acc, 1)
     if HAS_SCALE:
         y *= tl.load(S + rn, mask=n_ok, other=0.0)
@@ -162,7 +184,7 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         weight, scale if scale is not None else weight, x, bias_arg, y, partials, res, norm_w, res_out, N, K,
         weight.stride(0), k_per_split, eps, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         PROLOGUE=kind, SPLIT_K=cfg.split_k, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        BLOCK_ROW=next_pow2(K) if kind == 2 else 16, **cfg.launch_options())
+        BLOCK_ROW=next_pow2(K) if kind == 2 else 16, PREFETCH=cfg.prefetch, **cfg.launch_options())
     if cfg.split_k > 1:
         _splitk_reduce_kernel[(triton.cdiv(N, REDUCE_BLOCK),)](partials, bias_arg, y, N, HAS_BIAS=bias is not None,
                                                                 SPLIT_K=cfg.split_k, BLOCK=REDUCE_BLOCK,

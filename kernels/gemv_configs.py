@@ -23,6 +23,7 @@ class GemvConfig:
     split_k: int = 1  # programs per row block along K (>1: fp32 partials + a reduce launch)
     num_warps: int = 8
     num_stages: Optional[int] = None  # Triton's software pipelining depth (None: Triton's default)
+    prefetch: bool = False  # load the next K tile before using this one (Triton does not pipeline these loads)
 
     def launch_options(self) -> dict:
         opts = {"num_warps": self.num_warps}

@@ -30,11 +30,12 @@ def cases():
                 "RO": "*bf16", "N": "i32", "K": "i32", "stride_w": "i32", "K_PER_SPLIT": "i32", "eps": "fp32"}
     for weight in ("bf16", "fp8e4nv"):
         for prologue in (0, 1, 2):  # none, SiLU*mul, add + RMSNorm
-            for split_k in (1, 4):
-                yield (f"gemv {weight} 8x1024 prologue={prologue} split_k={split_k} w8", gemv._gemv_kernel,
-                       {"W": f"*{weight}", **gemv_sig},
+            for split_k, prefetch in ((1, False), (4, False), (4, True)):
+                yield (f"gemv {weight} 8x1024 prologue={prologue} split_k={split_k}{' prefetch' * prefetch} w8",
+                       gemv._gemv_kernel, {"W": f"*{weight}", **gemv_sig},
                        {"HAS_SCALE": weight != "bf16", "HAS_BIAS": True, "PROLOGUE": prologue, "SPLIT_K": split_k,
-                        "BLOCK_N": 8, "BLOCK_K": 1024, "BLOCK_ROW": 4096 if prologue == 2 else 16}, 8)
+                        "BLOCK_N": 8, "BLOCK_K": 1024, "BLOCK_ROW": 4096 if prologue == 2 else 16,
+                        "PREFETCH": prefetch}, 8)
     yield ("split-K reduce", gemv._splitk_reduce_kernel, {"P": "*fp32", "B": "*bf16", "Y": "*bf16", "N": "i32"},
            {"HAS_BIAS": True, "SPLIT_K": 4, "BLOCK": gemv.REDUCE_BLOCK}, 4)
     yield ("per-token e4m3 quantization", fp8._quantize_rows_kernel,

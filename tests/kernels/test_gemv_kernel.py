@@ -89,3 +89,25 @@ def test_prologue_table_keeps_measured_slower_shapes_unfused(monkeypatch):
         assert gc.prologue_pays(28672, 4096, 1, 0) and gc.prologue_pays(6144, 4096, 2, 0)  # fp8 / other shapes
     finally:
         gc.prologue_pays.cache_clear()
+
+
+@pytest.mark.parametrize("split,prologue", [(1, None), (3, None), (2, "norm"), (1, "silu")])
+def test_prefetching_the_next_tile_changes_nothing_but_the_schedule(interp_device, split, prologue):
+    """``prefetch`` loads tile k+1 before using tile k: the same sums in the same order, bit for bit, including
+    the last split's short tail and the prologues."""
+    g = torch.Generator().manual_seed(split)
+    n, k = 20, 1000
+    w = torch.randn(n, k, generator=g).to(interp_device, torch.bfloat16)
+    b = torch.randn(n, generator=g).to(interp_device, torch.bfloat16)
+    x = torch.randn(1, 2 * k if prologue == "silu" else k, generator=g).to(interp_device, torch.bfloat16)
+    r, nw = torch.randn(1, k, generator=g).to(x), torch.randn(k, generator=g).to(x)
+
+    def run(prefetch: bool):
+        pro = {None: None, "silu": gemv.SiluMul(), "norm": gemv.AddRMSNorm(r, nw, 1e-6)}[prologue]
+        cfg = GemvConfig(block_n=8, block_k=64, split_k=split, num_warps=4, prefetch=prefetch)
+        return gemv.gemv_triton(x, w, b, config=cfg, prologue=pro)
+
+    want = run(False)
+    assert torch.equal(run(True), want)
+    if prologue is None:
+        _check(x, w, b, want)
