@@ -130,7 +130,8 @@ for stage in "${STAGES[@]}"; do
              | tee "$OUT/profile_fp8.txt" ;;
     fp8-tests) gpu_pytest fp8_tests tests/kernels/test_fp8_kernels.py tests/kernels/test_fp8_linear.py \
              tests/kernels/test_gemv_kernel.py tests/gpu ;;
-    prologue-check) gpu_pytest prologue_check tests/kernels/test_gemv_prologue.py tests/kernels/test_rope_store_kv.py
+    prologue-check) gpu_pytest prologue_check tests/kernels/test_gemv_prologue.py tests/kernels/test_rope_store_kv.py \
+               tests/gpu/test_decode_fusions_gpu.py
              # later stages measure without the decode prologues when they do not hold here
              grep -q " passed" "$OUT/prologue_check.log" && ! grep -q " failed" "$OUT/prologue_check.log" \
                || { export SGL_DECODE_FUSIONS=0; echo "[gpu_run] decode fusions off for the next stages" | tee -a "$OUT/warning.txt"; } ;;
