@@ -80,3 +80,16 @@ def assert_no_leak(engine) -> None:
     assert kv["protected"] == 0, kv
     assert kv["free"] + kv["evictable"] == kv["total"], kv
     assert engine.req_pool.free_rows == engine.req_pool.max_reqs
+
+
+def tokenizer_dir() -> str:
+    """A tokenizer directory for a checkpoint that has none (GPU tests' tiny models): the carried ``.tok/`` that
+    scripts/gpu_run.sh names in SGL_TOK, else the embedded model's; skip when neither is here."""
+    if os.environ.get("SGL_TOK"):
+        return os.environ["SGL_TOK"]
+    from sgl_jupyter.engine.default_model import default_model_path
+
+    try:
+        return default_model_path()
+    except Exception as e:  # noqa: BLE001 - reported in the skip
+        pytest.skip(f"no tokenizer (set SGL_TOK or install the embedded model): {e}")

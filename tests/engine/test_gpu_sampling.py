@@ -5,10 +5,11 @@ A small float32 Llama with random weights keeps it quick and its numerics tight.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
+
+from tests.conftest import tokenizer_dir
 
 pytestmark = pytest.mark.gpu
 
@@ -24,15 +25,7 @@ def engine(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tiny_llama")
     (d / "config.json").write_text(json.dumps(CONFIG))
-    tok = os.environ.get("SGL_TOK")  # gpu_run.sh: the carried .tok/ (SmolLM2's tokenizer, vocab 49152)
-    if not tok:
-        from sgl_jupyter.engine.default_model import default_model_path
-
-        try:
-            tok = default_model_path()
-        except Exception as e:  # noqa: BLE001
-            pytest.skip(f"no tokenizer for the tiny model (set SGL_TOK or install the embedded model): {e}")
-    kwargs = {"tokenizer_path": tok}
+    kwargs = {"tokenizer_path": tokenizer_dir()}  # SmolLM2's tokenizer, vocab 49152
     eng = Engine(str(d), load_format="dummy", dtype="float32", device="cuda", cuda_graph_max_bs=16,
                  max_running_requests=16, **kwargs)
     yield eng

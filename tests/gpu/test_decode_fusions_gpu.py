@@ -10,6 +10,8 @@ import shutil
 import pytest
 import torch
 
+from tests.conftest import tokenizer_dir
+
 pytestmark = pytest.mark.gpu
 
 
@@ -17,14 +19,7 @@ pytestmark = pytest.mark.gpu
 def checkpoint(tmp_path_factory) -> str:
     import transformers
 
-    tok = os.environ.get("SGL_TOK")  # gpu_run.sh: the carried .tok/ (SmolLM2's tokenizer, vocab 49152)
-    if not tok:
-        from sgl_jupyter.engine.default_model import default_model_path
-
-        try:
-            tok = default_model_path()
-        except Exception as e:  # noqa: BLE001
-            pytest.skip(f"no tokenizer (set SGL_TOK or install the embedded model): {e}")
+    tok = tokenizer_dir()  # SmolLM2's tokenizer, vocab 49152
     path = tmp_path_factory.mktemp("tiny_llama_fusions_gpu")
     cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=640, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
