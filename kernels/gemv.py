@@ -192,18 +192,22 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     return y
 
 
+def one_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``x @ weight.T`` runs on the one-row Triton GEMV: one half-precision CUDA row, a weight with unit
+    column stride (bf16/fp16, or fp8 with its scale)."""
+    return (ENABLED and x.dim() == 2 and x.shape[0] == 1 and use_triton(x) and weight.stride(1) == 1
+            and x.dtype in (torch.bfloat16, torch.float16))
+
+
 def fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``x @ weight.T`` runs on the one-row Triton GEMV, so a prologue can ride it: one half-precision
-    CUDA row, a weight with unit column stride (bf16/fp16, or fp8 with its scale), fusion switched on and not
-    measured slower for this shape on this GPU (``gemv_configs.PROLOGUE_SLOWER``)."""
-    return (ENABLED and FUSE_PROLOGUES and x.dim() == 2 and x.shape[0] == 1 and use_triton(x)
-            and weight.stride(1) == 1 and x.dtype in (torch.bfloat16, torch.float16)
+    """Whether a prologue rides that GEMV: ``one_row``, fusion switched on, and not measured slower for this
+    shape on this GPU (``gemv_configs.PROLOGUE_SLOWER``)."""
+    return (FUSE_PROLOGUES and one_row(x, weight)
             and prologue_pays(*weight.shape, weight.element_size(), x.device.index))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear`` with the one-row CUDA case (bs=1 decode, CUDA-graph capturable) on the Triton GEMV."""
-    if (ENABLED and x.dim() == 2 and x.shape[0] == 1 and use_triton(x) and weight.stride(1) == 1
-            and x.dtype in (torch.bfloat16, torch.float16)):
+    if one_row(x, weight):
         return gemv_triton(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -2,7 +2,7 @@
 
 An fp8 (e4m3) pool stores ``x / scale`` saturated to +-448 (a plain cast of a larger value gives NaN).
 ``rope_store_kv_triton`` also rotates the q and k heads of the fused qkv projection in place first (neox
-rotary, as ``kernels/rope.py``): at one decode row the rotation and the store are one launch, not two."""
+rotary, as ``kernels/rope.py``): on every CUDA forward the rotation and the store are one launch, not two."""
 from __future__ import annotations
 
 import os
