@@ -32,9 +32,14 @@ def chat_prompt(engine, messages) -> str:
 def test_seed_curl_returns_the_documented_json_with_usage(url, engine):
     """The seed article's exact curl command (section 3.3), run with the real curl."""
     body = json.dumps({"model": "Qwen2-7B-Instruct", "prompt": SEED_PROMPT, "max_tokens": 64}, ensure_ascii=False)
-    out = subprocess.run(["curl", "-sS", "-X", "POST", f"{url}/v1/completions", "-H",
-                          "Content-Type: application/json", "-d", body],
-                         capture_output=True, timeout=120, check=True).stdout.decode("utf-8")
+    tokens: list[int] = []
+    unsubscribe = engine.subscribe(lambda e: tokens.extend(e.token_ids) if type(e).__name__ == "TokenEvent" else None)
+    try:
+        out = subprocess.run(["curl", "-sS", "-X", "POST", f"{url}/v1/completions", "-H",
+                              "Content-Type: application/json", "-d", body],
+                             capture_output=True, timeout=120, check=True).stdout.decode("utf-8")
+    finally:
+        unsubscribe()
     res = json.loads(out)
     assert res["id"].startswith("cmpl-")
     assert res["object"] == "text_completion"
@@ -47,7 +52,11 @@ def test_seed_curl_returns_the_documented_json_with_usage(url, engine):
     assert usage["prompt_tokens"] == len(engine.tokenizer.encode(SEED_PROMPT, add_special_tokens=False))
     assert 0 < usage["completion_tokens"] <= 64
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert "�" not in choice["text"]  # UTF-8 survives the trip: never half a character
+    # UTF-8 survives the trip: the text is the sampled tokens' decoding, less a character cut off at the end
+    # (a sampled byte token that no later token completes is the model's "\ufffd", as in HF's decode).
+    assert len(tokens) == usage["completion_tokens"]
+    want = engine.tokenizer.decode(tokens, skip_special_tokens=True)
+    assert choice["text"] == want.rstrip("\ufffd") and not choice["text"].endswith("\ufffd")
 
 
 def test_completion_matches_the_in_process_engine(oai, engine):
