@@ -16,21 +16,19 @@ whole row from L2 for its 1/rms) and SiLU*mul before ``down_proj`` (``SiluMul``)
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 
+from . import fusions
 from ._triton import HAS_TRITON, jit, next_pow2, require_triton, tl, triton, use_triton
 from .activation import silu_and_mul
 from .gemv_configs import GemvConfig, config_for, prologue_pays
 from .rmsnorm import fused_add_rmsnorm
 
 ENABLED = True  # module switch for A/B measurements (scripts/gpu_experiments.py)
-# the decode prologues (norm and SiLU*mul read inside the next GEMV); SGL_DECODE_FUSIONS=0 measures without
-FUSE_PROLOGUES = os.environ.get("SGL_DECODE_FUSIONS", "1") != "0"
 REDUCE_BLOCK = 1024
 
 
@@ -202,7 +200,7 @@ def one_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a prologue rides that GEMV: ``one_row``, fusion switched on, and not measured slower for this
     shape on this GPU (``gemv_configs.PROLOGUE_SLOWER``)."""
-    return (FUSE_PROLOGUES and one_row(x, weight)
+    return (fusions.ON and one_row(x, weight)
             and prologue_pays(*weight.shape, weight.element_size(), x.device.index))
 
 

@@ -12,8 +12,6 @@ import torch
 from ._triton import HAS_TRITON, jit, next_pow2, require_triton, tl, triton, use_triton
 
 FP8_E4M3_MAX = 448.0
-# RoPE + store in one launch (the model's CUDA path); SGL_DECODE_FUSIONS=0 measures the two kernels instead
-FUSE_ROPE = os.environ.get("SGL_DECODE_FUSIONS", "1") != "0"
 
 if HAS_TRITON:
     @triton.jit

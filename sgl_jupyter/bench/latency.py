@@ -12,7 +12,6 @@ copy (bytes read + written over time), not taken from a datasheet. Peers (``--pe
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Optional
 
 import pandas as pd
 import torch
+
+from sgl_jupyter.kernels.fusions import decode_fusions
 
 CONFIGS = Path(__file__).with_name("configs")
 SHAPES = {"llama3-8b": CONFIGS / "llama3_8b", "qwen2-7b": CONFIGS / "qwen2_7b"}
@@ -146,20 +147,6 @@ def _engine_rows(cfg: LatencyConfig, model_path, ids_fn, kwargs: dict, label: st
         del engine
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-@contextlib.contextmanager
-def decode_fusions(on: bool):
-    """The GEMV prologues and the RoPE + KV store kernel on or off for engines built inside (their decode graphs
-    capture whichever kernels run at capture time)."""
-    from sgl_jupyter.kernels import gemv, store_kv
-
-    saved = gemv.FUSE_PROLOGUES, store_kv.FUSE_ROPE
-    gemv.FUSE_PROLOGUES = store_kv.FUSE_ROPE = on
-    try:
-        yield
-    finally:
-        gemv.FUSE_PROLOGUES, store_kv.FUSE_ROPE = saved
 
 
 def _say(row: dict) -> None:

@@ -65,3 +65,23 @@ def test_fused_decode_path_gives_the_plain_paths_tokens(tiny_llama, monkeypatch)
     fused = _run(tiny_llama)
     assert launches["prologue"] > 0 and launches["rope_store"] > 0
     assert fused == plain
+
+
+def test_one_switch_turns_both_fusions_off(tiny_llama, monkeypatch):
+    """``decode_fusions(False)`` (``SGL_DECODE_FUSIONS=0``) leaves the prologues and the RoPE + store kernel out
+    of engines built inside, though the GEMV itself would run: ``bench latency --peers unfused`` relies on it."""
+    from sgl_jupyter.kernels import fusions
+
+    x, w = torch.zeros(1, 8), torch.zeros(4, 8)
+    with monkeypatch.context() as m:  # "a CUDA row": the prologue's switch alone decides
+        m.setattr(gemv, "one_row", lambda x, w: True)
+        assert gemv.fusable(x, w)
+        with fusions.decode_fusions(False):
+            assert not gemv.fusable(x, w)
+        assert gemv.fusable(x, w)
+    launches = []
+    monkeypatch.setattr(store_kv, "rope_store_kv_triton", lambda *a, **kw: launches.append(1))
+    monkeypatch.setattr(rotary.RopeForBatch, "in_place", property(lambda self: True))  # the CUDA rope path
+    with fusions.decode_fusions(False):
+        _run(tiny_llama)
+    assert fusions.ON and not launches

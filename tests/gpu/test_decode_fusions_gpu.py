@@ -33,7 +33,7 @@ def checkpoint(tmp_path_factory) -> str:
 
 def _run(path: str, fused: bool) -> list[list[int]]:
     from sgl_jupyter import Engine
-    from sgl_jupyter.bench.latency import decode_fusions
+    from sgl_jupyter.kernels.fusions import decode_fusions
 
     prompts = [[5, 17, 300, 42, 9, 1000, 77], [11, 12, 13], [400] * 40, list(range(100, 160))]
     params = {"max_new_tokens": 16, "temperature": 0, "ignore_eos": True}

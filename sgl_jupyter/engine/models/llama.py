@@ -8,7 +8,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from sgl_jupyter.kernels import store_kv
+from sgl_jupyter.kernels import fusions, store_kv
 from sgl_jupyter.kernels.gemv import AddRMSNorm, SiluMul
 
 from ..distributed.parallel_state import TPGroup
@@ -52,7 +52,7 @@ class DecoderAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
             q, k = rope.apply(q, k)
-        elif rope.in_place and store_kv.FUSE_ROPE:  # one kernel rotates q and k where they lie and stores k, v
+        elif rope.in_place and fusions.ON:  # one kernel rotates q and k where they lie and stores k, v
             pool, layer = fb.extra["kv_pool"], self.attn.layer_id
             store_kv.rope_store_kv_triton(qkv, self.num_heads, self.num_kv_heads, rope.positions, rope.cos_cache,
                                           rope.sin_cache, pool.k_buffers[layer], pool.v_buffers[layer],
