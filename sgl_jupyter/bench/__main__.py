@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..engine.config import KV_CACHE_DTYPES
+from ..engine.config import ATTENTION_BACKENDS, KV_CACHE_DTYPES
 
 
 def _offline(args) -> "object":
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                                                        "sgl_jupyter.engine.quantization (default: dense --dtype)")
     p.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
                    help="KV cache element type (fp8_e4m3: half the bytes of bf16; the engine's own choices)")
-    p.add_argument("--attention-backend", default="auto", help="the engine's attention backend (auto, flashinfer, "
-                                                               "triton, torch)")
+    p.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS,
+                   help="the engine's attention backend")
     p.add_argument("--num-requests", type=int, default=64)
     p.add_argument("--hf-batch-size", type=int, default=64)
     p.add_argument("--hf-generate-batch", action="store_true")

@@ -193,6 +193,7 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
             rows.append(qrow)
             roofs.append((quant, qinfo["wbytes"]))
             info["quantized_fused_decode"] = qinfo["cpu_fused_decode"]
+    urow = None
     if "unfused" in peers:  # the dense engine again with the decode fusions off: what they are worth, same run
         with decode_fusions(False):
             urow, _ = _engine_rows(cfg, model_path, lambda eng: ids, kwargs, "sgl_jupyter engine (no decode fusions)",
@@ -238,9 +239,8 @@ def run(cfg: LatencyConfig, progress: bool = True) -> pd.DataFrame:
     bar.close()
     if device.type == "cuda":
         bw = copy_bandwidth(device)
-        for row in rows:  # the dense engine without its fusions reads the dense weights
-            if row["system"].endswith("(no decode fusions)"):
-                row["of_roofline"] = row["decode_tok_per_s"] * wbytes / bw
+        if urow is not None:  # the dense engine without its fusions reads the dense weights
+            urow["of_roofline"] = urow["decode_tok_per_s"] * wbytes / bw
         for i, (variant, nbytes) in enumerate(roofs):  # engine rows come first, in the order of roofs
             rows[i]["of_roofline"] = rows[i]["decode_tok_per_s"] * nbytes / bw
             rows.append({"system": f"roofline{' ' + variant if variant else ''} ({nbytes / 1e9:.2f} GB weights / "

@@ -10,6 +10,7 @@ import torch
 from sgl_jupyter.engine.layers import rotary
 from sgl_jupyter.kernels import gemv, store_kv
 from sgl_jupyter.kernels._triton import HAS_TRITON
+from tests.conftest import write_peaked_tiny_llama
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON or torch.cuda.is_available(),
                                 reason="forces the CUDA path through Triton's interpreter (CPU with triton only)")
@@ -17,19 +18,7 @@ pytestmark = pytest.mark.skipif(not HAS_TRITON or torch.cuda.is_available(),
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory, model_path) -> str:
-    import shutil
-
-    import transformers
-
-    path = tmp_path_factory.mktemp("tiny_llama_fusions")
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                   tie_word_embeddings=False, initializer_range=0.25)  # peaked attention: keys matter
-    torch.manual_seed(3)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(str(path), safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(f"{model_path}/{name}", path / name)
-    return str(path)
+    return write_peaked_tiny_llama(tmp_path_factory.mktemp("tiny_llama_fusions"), model_path, 64, 160, 512)
 
 
 def _run(path: str) -> list[list[int]]:

@@ -4,31 +4,16 @@ attention is peaked, so rounding-level differences cannot flip a token), one req
 one-row path) and batched, with no KV left behind."""
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
-import torch
 
-from tests.conftest import tokenizer_dir
+from tests.conftest import tokenizer_dir, write_peaked_tiny_llama
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
-    import transformers
-
-    tok = tokenizer_dir()  # SmolLM2's tokenizer, vocab 49152
-    path = tmp_path_factory.mktemp("tiny_llama_fusions_gpu")
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=640, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                                   tie_word_embeddings=False, initializer_range=0.25)
-    torch.manual_seed(3)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(str(path), safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(tok, name), path / name)
-    return str(path)
+    return write_peaked_tiny_llama(tmp_path_factory.mktemp("tiny_llama_fusions_gpu"), tokenizer_dir(), 256, 640, 1024)
 
 
 def _run(path: str, fused: bool) -> list[list[int]]:
